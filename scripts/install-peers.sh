@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the real peers the interop tests and benchmarks talk to, from Debian's packages.
+# Needs root and apt-get; elsewhere it says what is missing and the interop tests skip
+# (unless CI=true, where they fail instead).
+set -euo pipefail
+pkgs=(postfix swaks sasl2-bin libsasl2-modules msmtp testssl.sh openssl)
+cmds=(postfix swaks saslauthd msmtp testssl openssl smtp-source)
+missing=0
+for c in "${cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
+[ -x /usr/sbin/postfix ] || missing=1
+[ "$missing" = 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "install-peers: not root or no apt-get; interop peers missing: ${pkgs[*]}" >&2
+    exit 0
+fi
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null

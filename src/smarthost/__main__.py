@@ -1,0 +1,3 @@
+from smarthost.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""Command-line entry point: ``smarthost [-c DIR] COMMAND ...``.
+
+Each command family lives in its own module exposing ``register(subparsers)``; the
+registered parser sets ``func(args) -> int``. ``-c DIR`` (or ``MAIL_CONFIG``) names the
+configuration directory for every command; the default is ``/etc/smarthost``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+DEFAULT_CONFIG_DIR = "/etc/smarthost"
+
+# Modules under smarthost.cli that contribute commands.
+COMMAND_MODULES = ("postconf", "daemon", "queue")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smarthost", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-c",
+        dest="config_dir",
+        default=os.environ.get("MAIL_CONFIG", DEFAULT_CONFIG_DIR),
+        help="configuration directory (default: $MAIL_CONFIG or /etc/smarthost)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"smarthost.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130

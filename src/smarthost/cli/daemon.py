@@ -1,0 +1,143 @@
+"""``smarthost run | start | stop | reload | status`` and ``smarthost demo``.
+
+``run`` serves in the foreground (logging to stderr unless ``maillog_file`` is set); ``start``
+runs the same in the background and returns once it listens; ``stop`` / ``reload`` signal the
+master named by the pid file in ``data_directory``; ``status`` says whether it runs.
+
+``demo`` is the README's one command: it writes a complete configuration for loopback into a
+directory (once), with a fresh self-signed certificate, prints how to send a test message and
+then runs the server in the foreground.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from smarthost.config import ConfigError, load
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the mail system in the foreground")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("start", help="start the mail system in the background")
+    p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for it to listen")
+    p.set_defaults(func=cmd_start)
+    p = sub.add_parser("stop", help="stop the running mail system (SIGTERM: drain)")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("reload", help="reread the configuration and certificates (SIGHUP)")
+    p.set_defaults(func=cmd_signal, signal=signal.SIGHUP)
+    p = sub.add_parser("status", help="say whether the mail system runs")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="write a loopback demo configuration (once) and run it")
+    p.add_argument("--dir", default="demo", help="where the demo configuration lives (default ./demo)")
+    p.set_defaults(func=cmd_demo)
+
+
+def _fail(message: str) -> int:
+    print(f"smarthost: fatal: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args) -> int:
+    from smarthost.master import Master, StartError
+
+    try:
+        return Master(Path(args.config_dir)).run()
+    except (ConfigError, StartError) as exc:
+        return _fail(str(exc))
+
+
+def _data_directory(args) -> Path:
+    return Path(load(Path(args.config_dir)).params["data_directory"])
+
+
+def cmd_start(args) -> int:
+    from smarthost.master import read_pid
+
+    try:
+        data_dir = _data_directory(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if read_pid(data_dir):
+        return _fail(f"the mail system is already running (pid {read_pid(data_dir)})")
+    log = data_dir / "smarthost.out"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "smarthost", "-c", args.config_dir, "run"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+        )
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            return _fail("did not start:\n" + "\n".join(tail))
+        if read_pid(data_dir) == child.pid:
+            print(f"smarthost: started (pid {child.pid})")
+            return 0
+        time.sleep(0.05)
+    return _fail(f"no pid file after {args.wait:g}s; see {log}")
+
+
+def cmd_stop(args) -> int:
+    from smarthost.master import read_pid
+
+    try:
+        data_dir = _data_directory(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    pid = read_pid(data_dir)
+    if pid is None:
+        return _fail("the mail system is not running")
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(400):
+        if read_pid(data_dir) is None:
+            print("smarthost: stopped")
+            return 0
+        time.sleep(0.05)
+    return _fail(f"pid {pid} did not stop within 20s")
+
+
+def cmd_signal(args) -> int:
+    from smarthost.master import read_pid
+
+    try:
+        data_dir = _data_directory(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    pid = read_pid(data_dir)
+    if pid is None:
+        return _fail("the mail system is not running")
+    os.kill(pid, args.signal)
+    print(f"smarthost: signalled pid {pid}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from smarthost.master import read_pid
+
+    try:
+        data_dir = _data_directory(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    pid = read_pid(data_dir)
+    if pid is None:
+        print("smarthost: the mail system is not running")
+        return 1
+    print(f"smarthost: the mail system is running: PID: {pid}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from smarthost.demo import ensure_demo, instructions
+
+    directory = Path(args.dir).resolve()
+    created = ensure_demo(directory)
+    print(instructions(directory, created), flush=True)
+    args.config_dir = str(directory)
+    return cmd_run(args)

@@ -1,0 +1,503 @@
+"""The SMTP server's I/O shell: asyncio protocol objects around the pure core.
+
+One :class:`Session` per connection feeds received bytes to
+:class:`smarthost.smtp.server.ServerConnection`, acts on its events (policy decisions, the
+queue, STARTTLS) and writes what the core queued. Replies to a pipelined group leave in one
+write, once the core has consumed every complete command in the buffer (RFC 2920).
+
+A :class:`Listener` holds what one ``master.cf`` service needs (core settings, TLS context,
+policy); a :class:`Worker` owns the listeners of one process, the queue store, the per-client
+connection counts and the idle-timeout sweep, and drains on shutdown.
+
+Decisions taken here:
+
+- No reverse DNS lookup: clients are logged as ``unknown[IP]`` (``localhost`` for loopback),
+  as Postfix does with ``smtpd_peername_lookup = no``.
+- ``smtpd_timeout`` bounds every wait for client input (idle time between reads), checked by
+  one sweep per second rather than a timer per read.
+- ``smtpd_client_connection_count_limit`` is enforced per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from smarthost.inbound.policy import ClientFacts, Policy
+from smarthost.maillog import MailLog, client_label
+from smarthost.netaddr import NetworkList
+from smarthost.queue import Envelope, QueueStore, Recipient
+from smarthost.queue.ids import new_queue_id
+from smarthost.smtp.replies import Reply
+from smarthost.smtp.server import (
+    NEED_DATA,
+    PAUSED,
+    Closing,
+    DataCommand,
+    Helo,
+    MailFrom,
+    MessageReceived,
+    ProtocolError,
+    Quit,
+    RcptTo,
+    ServerConnection,
+    ServerSettings,
+    StartTLS,
+    Vrfy,
+)
+from smarthost.tls import TLSInfo
+
+log = logging.getLogger(__name__)
+
+TEMP_FAIL = Reply(451, "4.3.0", "Error: queue file write error")
+TIMEOUT = "Error: timeout exceeded"
+
+
+@dataclass(slots=True)
+class Listener:
+    """Everything one service (a ``master.cf`` line) needs to serve a connection."""
+
+    name: str
+    settings: ServerSettings
+    policy: Policy
+    ssl_context: ssl.SSLContext | None
+    wrappermode: bool
+    myhostname: str
+    timeout: float
+    error_sleep: float
+    soft_error_limit: int
+    connection_limit: int
+    limit_exceptions: NetworkList
+    tls_loglevel: int
+    tls_received_header: bool
+
+
+@dataclass(slots=True)
+class _Stats:
+    connections: int = 0
+    messages: int = 0
+
+
+class Worker:
+    """The SMTP side of one worker process: sessions, shared counters, shutdown."""
+
+    def __init__(self, store: QueueStore, maillog: MailLog) -> None:
+        self.store = store
+        self.maillog = maillog
+        self.sessions: set[Session] = set()
+        self.per_client: dict[str, int] = {}
+        self.servers: list[asyncio.base_events.Server] = []
+        self.stats = _Stats()
+        self._sweeper: asyncio.Task | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def serve(self, listener: Listener, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: Session(self, listener),
+            sock=sock,
+            ssl=listener.ssl_context if listener.wrappermode else None,
+            ssl_handshake_timeout=min(listener.timeout, 60.0) if listener.wrappermode else None,
+            backlog=1024,
+        )
+        self.servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+
+    def opened(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._idle.clear()
+        self.stats.connections += 1
+
+    def closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._idle.set()
+
+    async def _sweep(self) -> None:
+        """Close sessions idle for longer than their service's ``smtpd_timeout`` (421 4.4.2)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for session in list(self.sessions):
+                if now - session.last_activity > session.listener.timeout:
+                    session.timed_out()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; let sessions finish for ``grace`` seconds, then close them with 421."""
+        for server in self.servers:
+            server.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except asyncio.TimeoutError:
+            for session in list(self.sessions):
+                session.shutdown()
+            try:
+                await asyncio.wait_for(self._idle.wait(), 5.0)
+            except asyncio.TimeoutError:
+                pass
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def _client_name(address: str) -> str:
+    try:
+        return "localhost" if ipaddress.ip_address(address).is_loopback else "unknown"
+    except ValueError:
+        return "unknown"
+
+
+class Session(asyncio.Protocol):
+    """One SMTP connection: the core's events turned into actions."""
+
+    def __init__(self, worker: Worker, listener: Listener) -> None:
+        self.worker = worker
+        self.listener = listener
+        self.maillog = worker.maillog
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection | None = None
+        self.address = ""
+        self.label = ""
+        self.facts: ClientFacts | None = None
+        self.tls: TLSInfo | None = None
+        self.last_activity = 0.0
+        self.sender = ""
+        self.recipients: list[Recipient] = []
+        self.mail_params = None
+        self._busy = False          # waiting for the queue or a TLS handshake
+        self._counted = False
+        self._last_verb = "CONNECT"
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        peer = transport.get_extra_info("peername") or ("", 0)
+        address = peer[0]
+        if address.startswith("::ffff:") and "." in address:
+            address = address[7:]  # IPv4-mapped IPv6 counts as IPv4
+        self.address = address
+        name = _client_name(address)
+        self.label = client_label(name, address)
+        listener = self.listener
+        self.worker.opened(self)
+        self.maillog.log(f"connect from {self.label}")
+        if listener.wrappermode:
+            self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"))
+            self._log_tls()
+        self.conn = ServerConnection(listener.settings, tls_active=listener.wrappermode)
+        self.facts = ClientFacts(address=address, name=name, helo="", sasl_username=None,
+                                 tls=self.tls is not None)
+        per_client = self.worker.per_client
+        count = per_client.get(address, 0) + 1
+        per_client[address] = count
+        self._counted = True
+        limit = listener.connection_limit
+        if limit and count > limit and not listener.limit_exceptions.contains(address):
+            self.maillog.warning(f"Connection concurrency limit exceeded: {count} from {self.label} for service {listener.name}")
+            self.conn.refuse(Reply(421, "4.7.0", f"{listener.myhostname} Error: too many connections from {address}"))
+            self._flush()
+            return
+        self.conn.greet()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = asyncio.get_running_loop().time()
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        conn.receive_data(data)
+        if not self._busy:
+            self._pump()
+
+    def eof_received(self) -> bool:
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            conn.receive_data(b"")
+            if not self._busy:
+                self._pump()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            per_client = self.worker.per_client
+            left = per_client.get(self.address, 1) - 1
+            if left > 0:
+                per_client[self.address] = left
+            else:
+                per_client.pop(self.address, None)
+            self._counted = False
+        conn = self.conn
+        if conn is not None:
+            counts = conn.counters
+            total = sum(counts.values())
+            parts = " ".join(f"{verb}={n}" for verb, n in counts.items())
+            if conn.closed or not total:
+                self.maillog.log(f"disconnect from {self.label} {parts} commands={total}".replace("  ", " "))
+            else:
+                self.maillog.log(f"lost connection after {self._last_verb} from {self.label}")
+                self.maillog.log(f"disconnect from {self.label} {parts} commands={total}".replace("  ", " "))
+        self.worker.closed(self)
+
+    # -- the event pump -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            kind = type(event)
+            if kind is RcptTo:
+                self._on_rcpt(event)
+            elif kind is MailFrom:
+                self._last_verb = "MAIL"
+                self.sender = "" if event.address.is_null else str(event.address)
+                self.recipients = []
+                self.mail_params = event.params
+                conn.accept()
+            elif kind is DataCommand:
+                self._last_verb = "DATA"
+                self._on_data_command()
+            elif kind is MessageReceived:
+                self._last_verb = "END-OF-MESSAGE"
+                self._busy = True
+                asyncio.get_running_loop().create_task(self._queue_message(event.data))
+                break
+            elif kind is Helo:
+                self._last_verb = "EHLO" if event.extended else "HELO"
+                self.facts = _replace_facts(self.facts, helo=event.name)
+                conn.accept()
+            elif kind is ProtocolError:
+                self._on_protocol_error(event)
+            elif kind is StartTLS:
+                self._last_verb = "STARTTLS"
+                self._busy = True
+                self._flush()
+                asyncio.get_running_loop().create_task(self._start_tls())
+                return
+            elif kind is Quit:
+                self._last_verb = "QUIT"
+                self._flush()
+                self._close()
+                return
+            elif kind is Closing:
+                self._on_closing(event)
+                return
+            elif kind is Vrfy:
+                conn.accept(Reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"))
+            else:  # pragma: no cover - a new core event the shell does not know yet
+                log.error("unhandled SMTP event %r", event)
+                conn.reject(Reply(451, "4.3.0", "Error: internal error"))
+        self._flush()
+
+    def _flush(self) -> None:
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None:
+            return
+        out = conn.data_to_send()
+        if out and not transport.is_closing():
+            transport.write(out)
+        if conn.closed and not transport.is_closing():
+            self._close()
+
+    def _close(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _on_rcpt(self, event: RcptTo) -> None:
+        self._last_verb = "RCPT"
+        conn = self.conn
+        recipient = str(event.address)
+        decision = self.listener.policy.check_recipient(self.facts, self.sender, recipient)
+        if decision.rejected:
+            reply = Reply(decision.code, decision.enhanced, decision.text)
+            self.maillog.log(
+                f"NOQUEUE: reject: RCPT from {self.label}: {decision.code} {decision.enhanced} {decision.text};"
+                f" from=<{self.sender}> to=<{recipient}> proto={self._proto()} helo=<{self.facts.helo}>"
+            )
+            conn.reject(reply)
+            return
+        params = event.params
+        self.recipients.append(Recipient(recipient, params.orcpt, params.notify))
+        conn.accept()
+
+    def _on_data_command(self) -> None:
+        conn = self.conn
+        decision = self.listener.policy.check_data(self.facts, self.sender, [r.address for r in self.recipients])
+        if decision.rejected:
+            self.maillog.log(
+                f"NOQUEUE: reject: DATA from {self.label}: {decision.code} {decision.enhanced} {decision.text};"
+                f" from=<{self.sender}> proto={self._proto()} helo=<{self.facts.helo}>"
+            )
+            conn.reject(Reply(decision.code, decision.enhanced, decision.text))
+            return
+        conn.accept()
+
+    def _on_protocol_error(self, event: ProtocolError) -> None:
+        reply = event.reply
+        if reply.code == 554 or reply.code == 421:
+            return  # a Closing event follows and is logged there
+        if self.conn.error_count > self.listener.soft_error_limit and self.listener.error_sleep > 0:
+            # Postfix's smtpd_error_sleep_time: slow down clients that keep making errors.
+            self._busy = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(self.listener.error_sleep, self._resume_after_sleep)
+
+    def _resume_after_sleep(self) -> None:
+        self._busy = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.resume_reading()
+        self._pump()
+
+    def _on_closing(self, event: Closing) -> None:
+        reply = event.reply
+        text = reply.text if isinstance(reply.text, str) else " ".join(reply.text)
+        if reply.code == 554:
+            self.maillog.log(f"improper command pipelining after {self._last_verb} from {self.label}")
+        elif reply.code == 421:
+            self.maillog.log(f"{text.split('Error: ', 1)[-1]} after {self._last_verb} from {self.label}")
+        self._flush()
+        self._close()
+
+    async def _queue_message(self, data: bytes) -> None:
+        conn = self.conn
+        queue_id = new_queue_id()
+        params = self.mail_params
+        envelope = Envelope(
+            sender=self.sender,
+            recipients=tuple(self.recipients),
+            client_address=self.address,
+            client_name=self.label.split("[", 1)[0],
+            helo=self.facts.helo,
+            protocol=self._proto(),
+            sasl_username=self.facts.sasl_username,
+            body_type=getattr(params, "body", None),
+            smtputf8=bool(getattr(params, "smtputf8", False)),
+            envid=getattr(params, "envid", None),
+            ret=getattr(params, "ret", None),
+        )
+        body = self._received_header(queue_id) + data
+        try:
+            queue_id = await self.worker.store.submit(envelope, body, queue_id=queue_id)
+        except Exception as exc:  # the queue could not take it: say so, lose nothing we acknowledged
+            log.exception("queue write failed")
+            self.maillog.warning(f"{queue_id}: queue file write error: {exc.__class__.__name__}: {exc}")
+            conn.reject(TEMP_FAIL)
+        else:
+            self.worker.stats.messages += 1
+            self.maillog.log(f"{queue_id}: client={self.label}")
+            self.maillog.log(
+                f"{queue_id}: from=<{self.sender}>, size={len(body)}, nrcpt={len(self.recipients)} (queue active)"
+            )
+            conn.accept(Reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
+        self.recipients = []
+        self._busy = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._pump()
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self.listener
+        try:
+            transport = await loop.start_tls(
+                self.transport, self, listener.ssl_context, server_side=True,
+                ssl_handshake_timeout=min(listener.timeout, 60.0),
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", None) or exc.__class__.__name__
+            self.maillog.warning(f"TLS handshake failed for {self.label}: {reason}")
+            self.maillog.log(f"lost connection after STARTTLS from {self.label}")
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if transport is None:
+            return
+        self.transport = transport
+        self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"))
+        self.facts = _replace_facts(self.facts, tls=True)
+        self._log_tls()
+        self.last_activity = loop.time()
+        self.conn.tls_established()
+        self._busy = False
+        self._pump()
+
+    def _log_tls(self) -> None:
+        if self.tls is not None and self.listener.tls_loglevel >= 1:
+            self.maillog.log(f"Anonymous TLS connection established from {self.label}: {self.tls.describe()}")
+
+    # -- ends -------------------------------------------------------------------------------
+
+    def timed_out(self) -> None:
+        self.maillog.log(f"timeout after {self._last_verb} from {self.label}")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(Reply(421, "4.4.2", f"{self.listener.myhostname} {TIMEOUT}").to_bytes())
+            self._close()
+
+    def shutdown(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(
+                Reply(421, "4.3.2", f"{self.listener.myhostname} Service shutting down, closing transmission channel").to_bytes()
+            )
+            self._close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _proto(self) -> str:
+        """RFC 3848 protocol names for the log and the Received header."""
+        conn = self.conn
+        esmtp = conn is not None and conn.session.esmtp
+        proto = "ESMTP" if esmtp else "SMTP"
+        if esmtp and self.tls is not None:
+            proto += "S"
+        if esmtp and self.facts is not None and self.facts.sasl_username:
+            proto += "A"
+        return proto
+
+    def _received_header(self, queue_id: str) -> bytes:
+        """The trace header (RFC 5321 §4.4), with TLS facts when ``smtpd_tls_received_header``."""
+        listener = self.listener
+        lines = [f"Received: from {self.facts.helo or 'unknown'} ({self.label.replace('[', ' [', 1)})"]
+        if self.tls is not None and listener.tls_received_header:
+            lines.append(f"\t(using {self.tls.describe()})")
+        by = f"\tby {listener.myhostname} (smarthost) with {self._proto()} id {queue_id}"
+        if len(self.recipients) == 1:
+            lines.append(by)
+            lines.append(f"\tfor <{self.recipients[0].address}>; {_rfc5322_date()}")
+        else:
+            lines.append(by + f"; {_rfc5322_date()}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _replace_facts(facts: ClientFacts, **changes) -> ClientFacts:
+    from dataclasses import replace
+
+    return replace(facts, **changes)
+
+
+_date_cache: list = [0, ""]
+
+
+def _rfc5322_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, localtime=True)
+    return _date_cache[1]

@@ -1,0 +1,403 @@
+"""The master process: binds the listeners, runs the worker processes, supervises them.
+
+``smarthost run`` is this module. The master reads the configuration once, builds everything a
+service needs (TLS contexts, restriction lists) so that a bad setting stops the start with a
+clear error before anything listens, binds every ``inet`` service of ``master.cf`` and forks
+``smtpd_worker_processes`` workers that share the listening sockets (the kernel spreads the
+connections). It then waits for signals:
+
+- ``SIGCHLD``: a worker that died is logged and restarted (throttled when it keeps dying);
+- ``SIGHUP``: reload. The configuration and certificates are read again; if they are good, a
+  new generation of workers starts on the (kept or newly bound) sockets and the old generation
+  stops accepting and finishes the sessions in progress (up to ``smtpd_timeout``). A bad new
+  configuration is logged and the old one keeps serving.
+- ``SIGTERM`` / ``SIGINT``: stop. Workers stop accepting, give sessions a few seconds to end,
+  then close the rest with ``421``.
+
+Workers are plain ``fork()`` children running one asyncio loop each (uvloop where installed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from smarthost.config import Config, ConfigError, load
+from smarthost.config.mastercf import listen_addresses
+from smarthost.inbound.policy import Policy, PolicyError, PolicySettings
+from smarthost.inbound.server import Listener, Worker
+from smarthost.maillog import MailLog
+from smarthost.netaddr import NetworkList
+from smarthost.queue import QueueStore
+from smarthost.smtp.server import ServerSettings
+from smarthost.tables import TableError, open_table
+from smarthost.tls import TLSConfigError, server_context
+
+STOP_GRACE = 5.0
+PID_NAME = "smarthost.pid"
+_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+
+
+class StartError(Exception):
+    """The configuration cannot be served; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What one configuration generation serves: listeners with their addresses."""
+
+    config: Config
+    bindings: tuple[tuple[Listener, tuple[tuple[str | None, int], ...]], ...]
+
+
+def build_listener(service, cfg: Config) -> Listener:
+    """Everything one ``master.cf`` service needs, validated."""
+    p = service.params
+    where = f"{service.file}:{service.line}: service {service.name}"
+    level = p["smtpd_tls_security_level"]
+    wrapper = p["smtpd_tls_wrappermode"]
+    try:
+        ctx = server_context(p, mandatory=(level == "encrypt" or wrapper))
+    except TLSConfigError as exc:
+        raise StartError(f"{where}: {exc}") from None
+    if ctx is None and (wrapper or level == "encrypt"):
+        why = "smtpd_tls_wrappermode = yes" if wrapper else "smtpd_tls_security_level = encrypt"
+        raise StartError(f"{where}: {why} needs a certificate; set smtpd_tls_cert_file and smtpd_tls_key_file"
+                         " (smarthost cert selfsigned makes a pair)")
+    mynetworks = NetworkList.parse(p["mynetworks"])
+    try:
+        exceptions = NetworkList.parse(p["smtpd_client_event_limit_exceptions"])
+    except ValueError as exc:
+        raise StartError(f"{where}: smtpd_client_event_limit_exceptions: {exc}") from None
+    bare = p["smtpd_forbid_bare_newline"]
+    settings = ServerSettings(
+        hostname=p["myhostname"],
+        banner=p["smtpd_banner"],
+        max_message_size=p["message_size_limit"],
+        max_recipients=p["smtpd_recipient_limit"],
+        soft_error_limit=p["smtpd_soft_error_limit"],
+        hard_error_limit=p["smtpd_hard_error_limit"],
+        bare_newline="reject" if bare == "reject" else "normalize",
+        forbid_unauth_pipelining=p["smtpd_forbid_unauth_pipelining"],
+        starttls_available=ctx is not None and level != "none" and not wrapper,
+        tls_required=level == "encrypt" and not wrapper,
+        vrfy_enabled=not p["disable_vrfy_command"],
+    )
+    policy_settings = PolicySettings(
+        client_restrictions=p["smtpd_client_restrictions"],
+        helo_restrictions=p["smtpd_helo_restrictions"],
+        sender_restrictions=p["smtpd_sender_restrictions"],
+        relay_restrictions=p["smtpd_relay_restrictions"],
+        recipient_restrictions=p["smtpd_recipient_restrictions"],
+        data_restrictions=p["smtpd_data_restrictions"],
+        mynetworks=mynetworks,
+        mydestination=p["mydestination"],
+        relay_domains=p["relay_domains"],
+        myhostname=p["myhostname"],
+        inet_addresses_for_ip_literals=_own_addresses(service, p),
+    )
+    try:
+        policy = Policy.build(policy_settings, open_table=partial(open_table, config_dir=cfg.config_dir))
+    except (PolicyError, TableError) as exc:
+        raise StartError(f"{where}: {exc}") from None
+    return Listener(
+        name=service.name,
+        settings=settings,
+        policy=policy,
+        ssl_context=ctx,
+        wrappermode=wrapper,
+        myhostname=p["myhostname"],
+        timeout=p["smtpd_timeout"],
+        error_sleep=p["smtpd_error_sleep_time"],
+        soft_error_limit=p["smtpd_soft_error_limit"],
+        connection_limit=p["smtpd_client_connection_count_limit"],
+        limit_exceptions=exceptions,
+        tls_loglevel=p["smtpd_tls_loglevel"],
+        tls_received_header=p["smtpd_tls_received_header"],
+    )
+
+
+def _own_addresses(service, params) -> list[str]:
+    """Addresses whose literals (``user@[IP]``) are this host: the listening ones, loopback."""
+    out = ["127.0.0.1", "::1"]
+    for host, _port in listen_addresses(service, params):
+        if host and host not in out:
+            out.append(host)
+    return out
+
+
+def build_runtime(cfg: Config) -> Runtime:
+    bindings = []
+    for service in cfg.services:
+        if service.type != "inet" or service.command != "smtpd":
+            continue
+        listener = build_listener(service, cfg)
+        addresses = tuple(listen_addresses(service, service.params))
+        bindings.append((listener, addresses))
+    if not bindings:
+        raise StartError(f"{cfg.config_dir}/master.cf: no inet smtpd service; add e.g. 'smtp inet n - n - - smtpd'")
+    return Runtime(config=cfg, bindings=tuple(bindings))
+
+
+def bind(host: str | None, port: int) -> socket.socket:
+    """A listening socket; ``host=None`` means every address (IPv6 dual-stack where possible)."""
+    if host is None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            addr: tuple = ("::", port)
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            addr = ("0.0.0.0", port)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        addr = (host, port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{addr[0]}]:{port}" if ":" in addr[0] else f"{addr[0]}:{port}"
+        hint = "another process listens there" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartError(f"cannot listen on {shown}: {hint}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+
+def _event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:  # plain asyncio where uvloop is missing
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
+    """Entry point of a forked worker; never returns."""
+    status = 0
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        maillog.set_process("smtpd")
+        _event_loop_policy()
+        asyncio.run(_worker(runtime, sockets, maillog))
+    except BaseException:  # noqa: BLE001 - a worker must report and exit, never return into the master
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    finally:
+        maillog.flush()
+        os._exit(status)
+
+
+async def _worker(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
+    loop = asyncio.get_running_loop()
+    params = runtime.config.params
+    store = QueueStore(Path(params["queue_directory"]), large_body_threshold=params["queue_large_body_threshold"])
+    worker = Worker(store, maillog)
+    stop = asyncio.Event()
+    grace = {"seconds": STOP_GRACE}
+
+    def on_signal(seconds: float) -> None:
+        grace["seconds"] = seconds
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_signal, STOP_GRACE)
+    loop.add_signal_handler(signal.SIGUSR1, on_signal, float(params["smtpd_timeout"]))  # reload: finish sessions
+    for listener, addresses in runtime.bindings:
+        for address in addresses:
+            await worker.serve(listener, sockets[address])
+    await stop.wait()
+    await worker.drain(grace["seconds"])
+    store.close()
+
+
+# -- the master ------------------------------------------------------------------------------
+
+
+class Master:
+    def __init__(self, config_dir: Path) -> None:
+        self.config_dir = config_dir
+        self.sockets: dict[tuple[str | None, int], socket.socket] = {}
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (generation, started)
+        self.generation = 0
+        self.runtime: Runtime | None = None
+        self.maillog: MailLog | None = None
+        self.pid_file: Path | None = None
+        self._restart_delay = 0.0
+
+    # Configuration → runtime, both at start and on reload.
+    def prepare(self) -> Runtime:
+        cfg = load(self.config_dir)
+        runtime = build_runtime(cfg)
+        QueueStore(Path(cfg.params["queue_directory"])).close()  # creates it, fails early on permissions
+        return runtime
+
+    def _bind_all(self, runtime: Runtime) -> dict:
+        wanted = {a for _, addresses in runtime.bindings for a in addresses}
+        fresh = {}
+        try:
+            for address in wanted:
+                if address not in self.sockets:
+                    fresh[address] = bind(*address)
+        except StartError:
+            for sock in fresh.values():
+                sock.close()
+            raise
+        for address in list(self.sockets):
+            if address not in wanted:
+                self.sockets.pop(address).close()
+        self.sockets.update(fresh)
+        return {a: self.sockets[a] for a in wanted}
+
+    def run(self) -> int:
+        runtime = self.prepare()  # raises ConfigError / StartError before anything listens
+        params = runtime.config.params
+        self.maillog = MailLog(params.raw("maillog_file") or None, hostname=params["myhostname"])
+        for warning in runtime.config.warnings:
+            self.maillog.warning(warning)
+        self._bind_all(runtime)
+        self.runtime = runtime
+        self._write_pid(Path(params["data_directory"]))
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        addresses = ", ".join(
+            f"{listener.name}={h or '*'}:{port}" for listener, addrs in runtime.bindings for h, port in addrs
+        )
+        self.maillog.log(f"daemon started -- version smarthost, configuration {self.config_dir}; listening {addresses}")
+        try:
+            self._spawn_generation()
+            return self._supervise()
+        finally:
+            self._remove_pid()
+            self.maillog.close()
+
+    def _write_pid(self, data_directory: Path) -> None:
+        data_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.pid_file = data_directory / PID_NAME
+        tmp = self.pid_file.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, self.pid_file)
+
+    def _remove_pid(self) -> None:
+        if self.pid_file is not None:
+            try:
+                if self.pid_file.read_text().strip() == str(os.getpid()):
+                    self.pid_file.unlink()
+            except OSError:
+                pass
+
+    def _spawn_generation(self) -> None:
+        self.generation += 1
+        count = self.runtime.config.params["smtpd_worker_processes"]
+        for _ in range(count):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        sockets = {a: self.sockets[a] for _, addrs in self.runtime.bindings for a in addrs}
+        self.maillog.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            worker_main(self.runtime, sockets, self.maillog)
+        self.workers[pid] = (self.generation, time.monotonic())
+
+    def _supervise(self) -> int:
+        stopping = False
+        while True:
+            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            self._reap(respawn=not stopping)
+            if info is None:
+                if stopping and not self.workers:
+                    return 0
+                continue
+            sig = info.si_signo
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if not stopping:
+                    self.maillog.log("terminating on signal " + signal.Signals(sig).name)
+                    stopping = True
+                    for pid in self.workers:
+                        _kill(pid, signal.SIGTERM)
+                    for sock in self.sockets.values():
+                        sock.close()
+                    self.sockets.clear()
+            elif sig == signal.SIGHUP and not stopping:
+                self._reload()
+            if stopping and not self.workers:
+                return 0
+
+    def _reload(self) -> None:
+        self.maillog.log("reload -- configuration " + str(self.config_dir))
+        try:
+            runtime = self.prepare()
+            self._bind_all(runtime)
+        except (ConfigError, StartError) as exc:
+            self.maillog.error(f"reload failed, keeping the running configuration: {exc}")
+            return
+        self.runtime = runtime
+        old = [pid for pid, (gen, _) in self.workers.items() if gen == self.generation]
+        self._spawn_generation()
+        for pid in old:
+            _kill(pid, signal.SIGUSR1)  # stop accepting, finish sessions in progress
+
+    def _reap(self, *, respawn: bool) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.workers.clear()
+                return
+            if pid == 0:
+                return
+            gen, started = self.workers.pop(pid, (None, 0.0))
+            if gen is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if respawn and gen == self.generation:
+                self.maillog.warning(f"process smtpd pid {pid} exit status {code}; restarting")
+                if time.monotonic() - started < 1.0:  # dying at once: throttle, as Postfix does
+                    self._restart_delay = min(max(self._restart_delay * 2, 0.5), 10.0)
+                    time.sleep(self._restart_delay)
+                else:
+                    self._restart_delay = 0.0
+                self._spawn()
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def read_pid(data_directory: Path) -> int | None:
+    """The running master's pid from the pid file, or None when none runs."""
+    try:
+        pid = int((data_directory / PID_NAME).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+

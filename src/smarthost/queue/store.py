@@ -1,0 +1,711 @@
+"""The durable mail queue: SQLite in WAL mode, written by one group-committing thread.
+
+The queue is the only durable state and the only hand-off between receiving
+and delivering. A message is accepted (``250`` after DATA) only once
+:meth:`QueueStore.submit` has returned, and it returns only after the
+transaction holding the message has been committed with ``synchronous=FULL``,
+i.e. fsync'd (RFC 5321 §6.1: once the server has accepted the message it must
+not lose it).
+
+Group commit: each process runs one committer thread. Submitters put their
+prepared rows on a queue; the committer takes everything that is waiting,
+commits it as one transaction and then wakes the waiters, with one
+``call_soon_threadsafe`` per event loop. The next batch is whatever arrived
+while the last commit ran; there is no timer, so a lone message is committed
+at once and batches grow by themselves under load.
+
+Bodies larger than ``large_body_threshold`` go to their own file
+``bodies/<queue id>``, written and fsync'd by the submitter before the message
+is handed to the committer; the committer fsyncs the ``bodies`` directory once
+per batch before the transaction that references the files. Smaller bodies
+live in the ``bodies`` table, apart from the ``messages`` rows that the queue
+manager updates often (an UPDATE rewrites the whole row, body included).
+
+Several processes may open the same queue; writers take the database lock with
+``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for it. A store must not be
+used across ``fork()``: open it in the process that uses it.
+
+docs/queue.md describes the schema and the durability argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ids import new_queue_id
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "queue.db"
+BODIES_DIR = "bodies"
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE messages (
+        id           TEXT PRIMARY KEY,
+        state        TEXT NOT NULL
+                     CHECK (state IN ('incoming', 'active', 'deferred', 'hold', 'corrupt')),
+        arrival      REAL NOT NULL,
+        size         INTEGER NOT NULL,
+        sender       TEXT NOT NULL,
+        envelope     TEXT NOT NULL,
+        body_file    TEXT,
+        next_attempt REAL NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX messages_due ON messages (state, next_attempt)",
+    """CREATE TABLE bodies (
+        id   TEXT PRIMARY KEY,
+        data BLOB NOT NULL
+    )""",
+    """CREATE TABLE recipients (
+        message_id TEXT NOT NULL,
+        idx        INTEGER NOT NULL,
+        address    TEXT NOT NULL,
+        orcpt      TEXT,
+        notify     TEXT,
+        status     TEXT CHECK (status IN ('sent', 'bounced', 'deferred')),
+        reply      TEXT,
+        PRIMARY KEY (message_id, idx)
+    ) WITHOUT ROWID""",
+)
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, state, arrival, size, sender, envelope, body_file, next_attempt)"
+    " VALUES (?, 'incoming', ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, idx, address, orcpt, notify) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_BODY = "INSERT INTO bodies (id, data) VALUES (?, ?)"
+_SELECT_MESSAGES = (
+    "SELECT m.id, m.state, m.arrival, m.size, m.sender, m.envelope, m.next_attempt, m.attempts"
+    " FROM messages m"
+)
+_SELECT_RECIPIENTS = (
+    "SELECT r.message_id, r.address, r.orcpt, r.notify FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id"
+)
+_RECIPIENT_ORDER = " ORDER BY r.message_id, r.idx"
+
+
+class QueueState(enum.StrEnum):
+    """Postfix's queue states."""
+
+    INCOMING = "incoming"  # accepted, not yet seen by the queue manager
+    ACTIVE = "active"  # being delivered
+    DEFERRED = "deferred"  # waiting for the next attempt
+    HOLD = "hold"  # held by the operator
+    CORRUPT = "corrupt"  # unreadable; kept for the operator, never deleted by us
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    orcpt: str | None = None  # RFC 3461 §4.2 ORCPT
+    notify: tuple[str, ...] | None = None  # RFC 3461 §4.1 NOTIFY
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    sender: str  # '' for the null reverse-path <>
+    recipients: tuple[Recipient, ...]
+    client_address: str = ""
+    client_name: str = ""
+    helo: str = ""
+    protocol: str = "ESMTP"  # RFC 3848 with-protocol type
+    sasl_username: str | None = None
+    body_type: str | None = None  # RFC 6152 BODY=7BIT / 8BITMIME
+    smtputf8: bool = False  # RFC 6531
+    envid: str | None = None  # RFC 3461 §4.4 ENVID
+    ret: str | None = None  # RFC 3461 §4.3 RET
+    arrival: float | None = None  # epoch seconds; the store fills time.time() if None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    id: str
+    state: QueueState
+    envelope: Envelope | None  # None only for a corrupt entry whose envelope does not decode
+    size: int  # body length in bytes
+    arrival: float
+    next_attempt: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What the committer thread has done since the store was opened."""
+
+    commits: int  # transactions committed
+    messages: int  # messages in those transactions
+    failed_commits: int  # transactions that failed (their waiters got QueueError)
+    largest_batch: int
+
+
+class QueueError(Exception):
+    """The queue could not do what was asked; the SMTP shell answers 451 4.3.0."""
+
+
+class NoSuchEntry(QueueError, LookupError):
+    """No queue entry has this id."""
+
+
+class CorruptEntry(QueueError):
+    """The entry cannot be read; it has been moved to the corrupt state."""
+
+
+# Envelope facts kept as JSON in messages.envelope, with their allowed types.
+_ENVELOPE_FIELDS: dict[str, tuple[type, ...]] = {
+    "client_address": (str,),
+    "client_name": (str,),
+    "helo": (str,),
+    "protocol": (str,),
+    "sasl_username": (str, type(None)),
+    "body_type": (str, type(None)),
+    "smtputf8": (bool,),
+    "envid": (str, type(None)),
+    "ret": (str, type(None)),
+}
+
+
+def _encode_envelope(envelope: Envelope) -> str:
+    return json.dumps({name: getattr(envelope, name) for name in _ENVELOPE_FIELDS})
+
+
+def _decode_envelope(
+    sender: str, arrival: float, text: str, recipients: list[tuple[str, str | None, str | None]]
+) -> Envelope:
+    """Rebuild an Envelope from its row; ValueError if anything does not fit."""
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise ValueError("envelope is not a JSON object")
+    for name, value in fields.items():
+        allowed = _ENVELOPE_FIELDS.get(name)
+        if allowed is None:
+            raise ValueError(f"unknown envelope field {name!r}")
+        if not isinstance(value, allowed):
+            raise ValueError(f"envelope field {name!r} has the wrong type")
+    if not recipients:
+        raise ValueError("no recipients")
+    rcpts = tuple(
+        Recipient(address, orcpt, None if notify is None else _split_notify(notify))
+        for address, orcpt, notify in recipients
+    )
+    return Envelope(sender=sender, recipients=rcpts, arrival=arrival, **fields)
+
+
+def _split_notify(text: str) -> tuple[str, ...]:
+    return tuple(text.split(",")) if text else ()
+
+
+def _check_text(what: str, value: str) -> None:
+    # A lone surrogate (bytes decoded with surrogateescape) cannot be stored as
+    # SQLite TEXT; refusing it here keeps one bad message from failing a batch.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text") from None
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_private_directory(path: Path) -> None:
+    """Create ``path`` mode 0700 if missing, and make its entry durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    _fsync_directory(path.parent)
+
+
+def _failure(cause: BaseException) -> QueueError:
+    error = QueueError(f"queue commit failed: {cause}")
+    error.__cause__ = cause
+    return error
+
+
+def _resolve_futures(
+    waiters: list[tuple[asyncio.Future[str], str]], cause: BaseException | None
+) -> None:
+    """Runs in the event loop: settle every future of one batch."""
+    for future, queue_id in waiters:
+        if future.done():  # the session went away; its message stays queued
+            continue
+        if cause is None:
+            future.set_result(queue_id)
+        else:
+            future.set_exception(_failure(cause))
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One submitted message on its way to the committer."""
+
+    queue_id: str
+    message_row: tuple
+    recipient_rows: list[tuple]
+    body_row: tuple[str, bytes] | None  # for the bodies table
+    body_file: str | None  # relative to the queue directory
+    waiter: asyncio.Future[str] | concurrent.futures.Future[str] | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # None: waiter is a concurrent Future
+
+
+class QueueStore:
+    """The queue directory's SQLite database, its body files and its committer thread."""
+
+    def __init__(
+        self,
+        queue_directory: Path | str,
+        *,
+        large_body_threshold: int = 262144,
+        synchronous: bool = True,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.directory = Path(queue_directory)
+        self.large_body_threshold = large_body_threshold
+        self._synchronous = synchronous  # False only for tests and benchmarks
+        self._busy_timeout = busy_timeout
+        self._bodies = self.directory / BODIES_DIR
+        _make_private_directory(self.directory)
+        _make_private_directory(self._bodies)
+
+        self._writer = self._connect()  # the committer thread's connection
+        self._init_schema()
+        self._conn = self._connect()  # reads and management, under _conn_lock
+        self._conn_lock = threading.Lock()
+        self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._submit_lock = threading.Lock()
+        self._closed = False
+        self._commits = self._messages = self._failed_commits = self._largest_batch = 0
+        self._thread = threading.Thread(target=self._run, name="queue-committer", daemon=True)
+        self._thread.start()
+
+    # -- setup -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.directory / DB_NAME
+        try:
+            conn = sqlite3.connect(
+                path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            mode = self._enable_wal(conn)
+            conn.execute(f"PRAGMA synchronous={'FULL' if self._synchronous else 'OFF'}")
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open queue database {path}: {exc}") from exc
+        if mode != "wal":
+            conn.close()
+            raise QueueError(f"queue database {path}: cannot use WAL mode (got {mode!r})")
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        # Two processes creating the queue at once: one of them may get
+        # SQLITE_BUSY here without SQLite calling its busy handler, so wait here.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
+
+    def _init_schema(self) -> None:
+        conn = self._writer
+        path = self.directory / DB_NAME
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # several processes may start at once
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise QueueError(
+                    f"queue database {path} has schema version {version};"
+                    f" this smarthost understands version {SCHEMA_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except (sqlite3.Error, QueueError) as exc:
+            conn.close()
+            if isinstance(exc, QueueError):
+                raise
+            raise QueueError(f"cannot set up queue database {path}: {exc}") from exc
+
+    # -- submitting ------------------------------------------------------------
+
+    async def submit(self, envelope: Envelope, body: bytes) -> str:
+        """Queue a message; return its id once it is on stable storage.
+
+        Raises QueueError if it could not be stored (answer 451 4.3.0).
+        Cancelling the caller does not withdraw the message.
+        """
+        item = self._prepare(envelope, body)
+        loop = asyncio.get_running_loop()
+        if item.body_file is not None:
+            await loop.run_in_executor(None, self._write_body_file, item.body_file, body)
+        item.waiter = loop.create_future()
+        item.loop = loop
+        self._enqueue(item)
+        return await item.waiter
+
+    def submit_sync(self, envelope: Envelope, body: bytes) -> str:
+        """Blocking :meth:`submit`, for tools such as sendmail (not from an event loop)."""
+        item = self._prepare(envelope, body)
+        if item.body_file is not None:
+            self._write_body_file(item.body_file, body)
+        waiter: concurrent.futures.Future[str] = concurrent.futures.Future()
+        item.waiter = waiter
+        self._enqueue(item)
+        return waiter.result()
+
+    def _prepare(self, envelope: Envelope, body: bytes) -> _Pending:
+        if not isinstance(body, bytes):
+            raise TypeError("body must be bytes")
+        if not envelope.recipients:
+            raise ValueError("an envelope needs at least one recipient")  # RFC 5321 §3.3
+        _check_text("sender", envelope.sender)
+        queue_id = new_queue_id()
+        arrival = time.time() if envelope.arrival is None else envelope.arrival
+        recipient_rows = []
+        for index, rcpt in enumerate(envelope.recipients):
+            if not rcpt.address:
+                raise ValueError("a recipient address is empty")
+            _check_text("recipient address", rcpt.address)
+            notify = None if rcpt.notify is None else ",".join(rcpt.notify)
+            recipient_rows.append((queue_id, index, rcpt.address, rcpt.orcpt, notify))
+        large = len(body) > self.large_body_threshold
+        body_file = f"{BODIES_DIR}/{queue_id}" if large else None
+        message_row = (
+            queue_id,
+            arrival,
+            len(body),
+            envelope.sender,
+            _encode_envelope(envelope),  # ensure_ascii: any str encodes
+            body_file,
+            arrival,  # next_attempt: due at once
+        )
+        body_row = None if large else (queue_id, body)
+        return _Pending(queue_id, message_row, recipient_rows, body_row, body_file)
+
+    def _write_body_file(self, name: str, body: bytes) -> None:
+        """Write and fsync one large body; its directory entry is fsync'd by the committer."""
+        path = self.directory / name
+        try:
+            with open(path, "xb", opener=_private_opener) as f:
+                f.write(body)
+                f.flush()
+                if self._synchronous:
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            self._remove_body_file(name)
+            raise QueueError(f"cannot write body file {path}: {exc.strerror}") from exc
+
+    def _remove_body_file(self, name: str) -> None:
+        try:
+            os.unlink(self.directory / name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove body file %s: %s", self.directory / name, exc.strerror)
+
+    def _enqueue(self, item: _Pending) -> None:
+        with self._submit_lock:
+            if not self._closed:
+                self._pending.put(item)
+                return
+        if item.body_file is not None:
+            self._remove_body_file(item.body_file)
+        raise QueueError("queue store is closed")
+
+    # -- the committer thread ------------------------------------------------
+
+    def _run(self) -> None:
+        pending = self._pending
+        while True:
+            item = pending.get()
+            batch: list[_Pending] = []
+            closing = False
+            while True:
+                if item is None:
+                    closing = True
+                else:
+                    batch.append(item)
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit_batch(batch)
+            if closing:
+                return
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            self._write_batch(batch)
+        except Exception as exc:  # disk full, I/O error, lock timeout, ...: 451 for all
+            self._failed_commits += 1
+            log.error("queue commit of %d message(s) failed: %s", len(batch), exc)
+            for item in batch:
+                if item.body_file is not None:
+                    self._remove_body_file(item.body_file)
+            self._settle(batch, exc)
+        else:
+            self._commits += 1
+            self._messages += len(batch)
+            self._largest_batch = max(self._largest_batch, len(batch))
+            self._settle(batch, None)
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        if self._synchronous and any(item.body_file is not None for item in batch):
+            os.fsync(self._bodies_fd)  # body files' directory entries before the rows
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT_MESSAGE, [item.message_row for item in batch])
+            conn.executemany(_INSERT_RECIPIENT, [r for item in batch for r in item.recipient_rows])
+            bodies = [item.body_row for item in batch if item.body_row is not None]
+            if bodies:
+                conn.executemany(_INSERT_BODY, bodies)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._abandon_transaction()
+            raise
+
+    def _abandon_transaction(self) -> None:
+        if not self._writer.in_transaction:
+            return
+        try:
+            self._writer.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("queue rollback failed (%s); reopening the database", exc)
+            self._writer.close()
+            self._writer = self._connect()
+
+    def _settle(self, batch: list[_Pending], cause: Exception | None) -> None:
+        """Wake every waiter of a batch: one call_soon_threadsafe per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[str], str]]] = {}
+        for item in batch:
+            if item.loop is not None:
+                by_loop.setdefault(item.loop, []).append((item.waiter, item.queue_id))
+            elif cause is None:
+                item.waiter.set_result(item.queue_id)
+            else:
+                item.waiter.set_exception(_failure(cause))
+        for loop, waiters in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_futures, waiters, cause)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    # -- reading and managing ----------------------------------------------
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """A transaction on the management connection; sqlite errors become QueueError."""
+        with self._conn_lock:
+            conn = self._conn
+            try:
+                conn.execute(begin)
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise QueueError(f"queue database {self.directory / DB_NAME}: {exc}") from exc
+
+    def list(self, state: QueueState | None = None) -> list[QueueEntry]:
+        """Entries in ``state`` (all if None), oldest id first."""
+        if state is None:
+            where, params = "", ()
+        else:
+            where, params = " WHERE m.state = ?", (QueueState(state).value,)
+        with self._transaction("BEGIN") as conn:  # one snapshot for both queries
+            rows = conn.execute(_SELECT_MESSAGES + where + " ORDER BY m.id", params).fetchall()
+            rcpt_rows = conn.execute(
+                _SELECT_RECIPIENTS + where + _RECIPIENT_ORDER, params
+            ).fetchall()
+        recipients: dict[str, list] = {}
+        for message_id, *rcpt in rcpt_rows:
+            recipients.setdefault(message_id, []).append(rcpt)
+        entries = [self._entry(row, recipients.get(row[0], [])) for row in rows]
+        if state not in (None, QueueState.CORRUPT):
+            entries = [e for e in entries if e.state is not QueueState.CORRUPT]
+        return entries
+
+    def get(self, queue_id: str) -> QueueEntry | None:
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(_SELECT_MESSAGES + " WHERE m.id = ?", (queue_id,)).fetchone()
+            rcpt_rows = conn.execute(
+                _SELECT_RECIPIENTS + " WHERE m.id = ?" + _RECIPIENT_ORDER, (queue_id,)
+            ).fetchall()
+        if row is None:
+            return None
+        return self._entry(row, [rcpt for _, *rcpt in rcpt_rows])
+
+    def _entry(self, row: tuple, recipients: list) -> QueueEntry:
+        """Build an entry; one whose envelope does not decode is moved to corrupt."""
+        queue_id, state, arrival, size, sender, envelope_json, next_attempt, attempts = row
+        try:
+            envelope = _decode_envelope(sender, arrival, envelope_json, recipients)
+        except (ValueError, TypeError) as exc:
+            envelope = None
+            if state != QueueState.CORRUPT:
+                self._mark_corrupt(queue_id, f"envelope does not decode: {exc}")
+                state = QueueState.CORRUPT
+        return QueueEntry(
+            queue_id, QueueState(state), envelope, size, arrival, next_attempt, attempts
+        )
+
+    def read_body(self, queue_id: str) -> bytes:
+        """The message body, byte for byte.
+
+        Raises NoSuchEntry, or CorruptEntry after moving the entry to corrupt
+        when its body is missing, unreadable or of the wrong size.
+        """
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(
+                "SELECT m.size, m.body_file, b.data FROM messages m"
+                " LEFT JOIN bodies b ON b.id = m.id WHERE m.id = ?",
+                (queue_id,),
+            ).fetchone()
+        if row is None:
+            raise NoSuchEntry(f"no queue entry {queue_id}")
+        size, body_file, data = row
+        problem = None
+        if body_file is None:
+            if data is None:
+                problem = "body is missing from the database"
+        elif body_file != f"{BODIES_DIR}/{queue_id}":
+            problem = f"unexpected body file name {body_file!r}"
+        else:
+            path = self.directory / body_file
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                problem = f"cannot read body file {path}: {exc.strerror}"
+        if problem is None and len(data) != size:
+            problem = f"body has {len(data)} bytes, expected {size}"
+        if problem is not None:
+            self._mark_corrupt(queue_id, problem)
+            raise CorruptEntry(f"queue entry {queue_id}: {problem}; moved to corrupt")
+        return data
+
+    def _mark_corrupt(self, queue_id: str, reason: str) -> None:
+        log.error("%s: moved to corrupt: %s", queue_id, reason)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.execute(
+                "UPDATE messages SET state = 'corrupt' WHERE id = ?", (queue_id,)
+            )
+
+    def move(self, queue_id: str, state: QueueState) -> None:
+        state = QueueState(state)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            cursor = conn.execute(
+                "UPDATE messages SET state = ? WHERE id = ?", (state.value, queue_id)
+            )
+            if cursor.rowcount == 0:
+                raise NoSuchEntry(f"no queue entry {queue_id}")
+
+    def delete(self, queue_id: str) -> None:
+        """Remove the entry, its recipients and its body (table row or file)."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            row = conn.execute(
+                "SELECT body_file FROM messages WHERE id = ?", (queue_id,)
+            ).fetchone()
+            if row is None:
+                raise NoSuchEntry(f"no queue entry {queue_id}")
+            conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))
+            conn.execute("DELETE FROM bodies WHERE id = ?", (queue_id,))
+            conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+        # After the commit: a crash in between leaves an orphan file, never a
+        # row without its body (remove_orphan_bodies() cleans up orphans).
+        if row[0] is not None:
+            self._remove_body_file(row[0])
+
+    def count(self, state: QueueState | None = None) -> int:
+        with self._transaction("BEGIN") as conn:
+            if state is None:
+                row = conn.execute("SELECT count(*) FROM messages").fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT count(*) FROM messages WHERE state = ?", (QueueState(state).value,)
+                ).fetchone()
+        return row[0]
+
+    def remove_orphan_bodies(self, older_than: float = 3600.0) -> int:
+        """Remove body files that no entry references and that are older than
+        ``older_than`` seconds (left by a crash between writing the file and
+        committing its row, or between deleting a row and its file). Younger
+        files may belong to a submit in progress in another process.
+        Returns how many files were removed."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for dirent in os.scandir(self._bodies):
+            try:
+                if dirent.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            name = f"{BODIES_DIR}/{dirent.name}"
+            with self._transaction("BEGIN") as conn:
+                referenced = conn.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND body_file = ?", (dirent.name, name)
+                ).fetchone()
+            if referenced is None:
+                self._remove_body_file(name)
+                removed += 1
+        return removed
+
+    @property
+    def stats(self) -> QueueStats:
+        return QueueStats(
+            self._commits, self._messages, self._failed_commits, self._largest_batch
+        )
+
+    def close(self) -> None:
+        """Commit what is pending, stop the committer thread, close the database."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pending.put(None)
+        self._thread.join()
+        self._writer.close()
+        with self._conn_lock:
+            self._conn.close()
+        os.close(self._bodies_fd)
+
+    def __enter__(self) -> QueueStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)

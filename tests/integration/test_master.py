@@ -1,0 +1,160 @@
+"""The master process: workers, crash safety, reload, drain, start/stop/status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+
+from peers import free_port, process_tree, wait_for_port
+from test_server import Raw
+
+MSG = b"Subject: load\r\n\r\n" + b"0123456789abcdef" * 250 + b"\r\n"
+
+
+def test_kill_9_under_load_loses_no_acknowledged_message(smarthost):
+    s = smarthost({"smtpd_worker_processes": "2"})
+    port = s.ports[0]
+    acked: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            body = MSG + f"client {n} message {i}\r\n".encode()
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as c:
+                    c.ehlo("load")
+                    c.mail("a@example.org")
+                    c.rcpt("bob@example.test")
+                    code, text = c.data(body)
+            except (OSError, smtplib.SMTPException):
+                return
+            if code == 250:
+                with lock:
+                    acked.append((text.decode().rsplit(" ", 1)[-1], body))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    for pid in process_tree(s.pid):
+        os.kill(pid, signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    s.process.wait(5)
+    assert len(acked) > 20, f"the load produced only {len(acked)} messages\n{s.describe()}"
+    ids = {e.id for e in s.queue_entries()}
+    missing = [qid for qid, _ in acked if qid not in ids]
+    assert not missing, f"{len(missing)} acknowledged messages lost: {missing[:5]}"
+    for qid, body in acked[:: max(1, len(acked) // 20)]:
+        assert s.read_body(qid).endswith(body)
+
+
+def test_dead_worker_is_restarted(smarthost):
+    s = smarthost()
+    workers = [p for p in process_tree(s.pid) if p != s.pid]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = [p for p in process_tree(s.pid) if p != s.pid]
+        if now and now != workers:
+            break
+        time.sleep(0.1)
+    r = Raw(s.ports[0])
+    assert r.reply()[0] == 220
+    assert "process smtpd pid" in s.log_text() and "restarting" in s.log_text()
+
+
+def test_reload_keeps_sessions_and_applies_new_config(smarthost):
+    s = smarthost({"smtpd_banner": "$myhostname ESMTP before"})
+    old = Raw(s.ports[0])
+    assert "before" in old.reply()[1]
+    old.cmd("EHLO c")
+    old.cmd("MAIL FROM:<a@example.org>")
+    main_cf = s.config_dir / "main.cf"
+    main_cf.write_text(main_cf.read_text().replace("ESMTP before", "ESMTP after"))
+    os.kill(s.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = Raw(s.ports[0])
+        text = r.reply()[1]
+        r.close()
+        if "after" in text:
+            break
+        time.sleep(0.2)
+    assert "after" in text
+    # The session that started before the reload goes on to deliver its message.
+    assert old.cmd("RCPT TO:<bob@example.test>")[0] == 250
+    assert old.cmd("DATA")[0] == 354
+    old.send(b"Subject: across reload\r\n\r\nhi\r\n.\r\n")
+    assert old.reply()[0] == 250
+    assert old.cmd("QUIT")[0] == 221
+
+
+def test_bad_reload_keeps_the_running_configuration(smarthost):
+    s = smarthost()
+    main_cf = s.config_dir / "main.cf"
+    main_cf.write_text(main_cf.read_text() + "smtpd_timeout = soon\n")
+    os.kill(s.pid, signal.SIGHUP)
+    time.sleep(1.0)
+    r = Raw(s.ports[0])
+    assert r.reply()[0] == 220
+    assert "reload failed, keeping the running configuration" in s.log_text()
+
+
+def test_sigterm_lets_a_session_finish_its_message(smarthost):
+    s = smarthost()
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("MAIL FROM:<a@example.org>")
+    r.cmd("RCPT TO:<bob@example.test>")
+    os.kill(s.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    assert r.cmd("DATA")[0] == 354
+    r.send(b"Subject: drain\r\n\r\nhi\r\n.\r\n")
+    assert r.reply()[0] == 250
+    assert s.process.wait(15) == 0
+    assert len(s.queue_entries()) == 1
+
+
+def test_start_status_stop(smarthost):
+    s = smarthost(start=False)
+    s.write_config()
+    base = [sys.executable, "-m", "smarthost", "-c", str(s.config_dir)]
+    run = lambda *a: subprocess.run(base + list(a), capture_output=True, text=True, timeout=60)  # noqa: E731
+    assert run("status").returncode == 1
+    started = run("start")
+    assert started.returncode == 0, started.stderr
+    try:
+        wait_for_port(s.ports[0])
+        st = run("status")
+        assert st.returncode == 0 and "is running" in st.stdout
+        assert run("start").returncode == 1  # already running
+    finally:
+        stopped = run("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert run("status").returncode == 1
+
+
+def test_demo_writes_a_config_that_passes_postconf(tmp_path):
+    from smarthost.demo import ensure_demo
+
+    d = tmp_path / "demo"
+    assert ensure_demo(d) is True
+    assert ensure_demo(d) is False
+    assert oct((d / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
+    out = subprocess.run([sys.executable, "-m", "smarthost", "-c", str(d), "postconf", "-n"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "mydestination = $myhostname, $mydomain, localhost" in out.stdout
+    assert "warning" not in out.stderr
