@@ -72,11 +72,13 @@ def build_listener(service, cfg: Config) -> Listener:
         why = "smtpd_tls_wrappermode = yes" if wrapper else "smtpd_tls_security_level = encrypt"
         raise StartError(f"{where}: {why} needs a certificate; set smtpd_tls_cert_file and smtpd_tls_key_file"
                          " (smarthost cert selfsigned makes a pair)")
-    mynetworks = NetworkList.parse(p["mynetworks"])
-    try:
-        exceptions = NetworkList.parse(p["smtpd_client_event_limit_exceptions"])
-    except ValueError as exc:
-        raise StartError(f"{where}: smtpd_client_event_limit_exceptions: {exc}") from None
+    tables = partial(open_table, config_dir=cfg.config_dir)
+    networks = {}
+    for name in ("mynetworks", "smtpd_client_event_limit_exceptions"):
+        try:
+            networks[name] = NetworkList.parse(p[name], open_table=tables)
+        except (ValueError, TableError) as exc:
+            raise StartError(f"{where}: {name}: {exc}") from None
     bare = p["smtpd_forbid_bare_newline"]
     settings = ServerSettings(
         hostname=p["myhostname"],
@@ -98,14 +100,15 @@ def build_listener(service, cfg: Config) -> Listener:
         relay_restrictions=p["smtpd_relay_restrictions"],
         recipient_restrictions=p["smtpd_recipient_restrictions"],
         data_restrictions=p["smtpd_data_restrictions"],
-        mynetworks=mynetworks,
+        mynetworks=networks["mynetworks"],
         mydestination=p["mydestination"],
         relay_domains=p["relay_domains"],
         myhostname=p["myhostname"],
         inet_addresses_for_ip_literals=_own_addresses(service, p),
+        recipient_delimiter=p["recipient_delimiter"],
     )
     try:
-        policy = Policy.build(policy_settings, open_table=partial(open_table, config_dir=cfg.config_dir))
+        policy = Policy.build(policy_settings, open_table=tables)
     except (PolicyError, TableError) as exc:
         raise StartError(f"{where}: {exc}") from None
     return Listener(
@@ -119,7 +122,7 @@ def build_listener(service, cfg: Config) -> Listener:
         error_sleep=p["smtpd_error_sleep_time"],
         soft_error_limit=p["smtpd_soft_error_limit"],
         connection_limit=p["smtpd_client_connection_count_limit"],
-        limit_exceptions=exceptions,
+        limit_exceptions=networks["smtpd_client_event_limit_exceptions"],
         tls_loglevel=p["smtpd_tls_loglevel"],
         tls_received_header=p["smtpd_tls_received_header"],
     )

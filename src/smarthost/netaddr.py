@@ -190,8 +190,5 @@ class NetworkList:
                 return not e.negate
         return False
 
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
     def __repr__(self) -> str:
         return f"NetworkList({self._text!r})"

@@ -99,7 +99,6 @@ def test_message_is_queued_byte_for_byte_with_received_header(smarthost):
     assert header.startswith(b"Received: from client.example (localhost [127.0.0.1])")
     assert f"with ESMTP id {qid}".encode() in body
     assert b"for <bob@example.test>;" in body
-    # smtplib dot-stuffs "..dotted" from ".dotted"? no: MSG holds "..dotted" already, stuffed again on the wire.
     assert rest.endswith(MSG), body
     log = s.log_text()
     assert f"{qid}: client=localhost[127.0.0.1]" in log
@@ -154,8 +153,19 @@ def test_starttls_then_received_header_and_log_name_tls(smarthost):
     assert "Anonymous TLS connection established from localhost[127.0.0.1]: TLSv1.3 with cipher" in s.log_text()
 
 
-def test_starttls_injection_is_never_executed(smarthost):
+def test_starttls_injection_is_refused_by_default(smarthost):
     s = smarthost(tls=True)
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.send(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<bob@example.test>\r\n")
+    code, text = r.reply()
+    assert code == 554 and text == "5.5.0 Error: SMTP protocol synchronization"
+    assert r.closed()
+
+
+def test_starttls_injection_is_never_executed_without_pipelining_guard(smarthost):
+    s = smarthost({"smtpd_forbid_unauth_pipelining": "no"}, tls=True)
     r = Raw(s.ports[0])
     r.reply()
     r.cmd("EHLO c")
@@ -166,11 +176,13 @@ def test_starttls_injection_is_never_executed(smarthost):
     # The smuggled commands are gone: the first reply inside TLS answers our NOOP.
     code, text = r.cmd("NOOP")
     assert code == 250 and "2.0.0" in text
-    # ...and the session was reset: no transaction in progress, EHLO needed again.
+    # ...and the session was reset: no transaction in progress.
     code, _ = r.cmd("RCPT TO:<bob@example.test>")
     assert code == 503
     r.cmd("QUIT")
     assert s.queue_entries() == []
+    time.sleep(0.3)
+    assert "pipelined after STARTTLS" in s.log_text(), s.describe()
 
 
 def test_encrypt_level_requires_starttls(smarthost):
@@ -276,9 +288,10 @@ def test_error_flood_hits_the_hard_limit(smarthost):
     s = smarthost({"smtpd_hard_error_limit": "5", "smtpd_error_sleep_time": "0"})
     r = Raw(s.ports[0])
     r.reply()
+    r.cmd("EHLO c")
     r.send(b"BOGUS\r\n" * 10)
-    codes = [r.reply()[0] for _ in range(5)]
-    assert codes == [500, 500, 500, 500, 421]
+    codes = [r.reply()[0] for _ in range(6)]
+    assert codes == [500, 500, 500, 500, 500, 421]
     assert r.closed()
 
 

@@ -1,12 +1,13 @@
 """Fixtures for the interop tests: real peers from Debian's packages talking to smarthost.
 
 A missing peer (or missing root, which Postfix needs) skips the test with a message saying
-how to install it; with ``CI=true`` it fails instead, because CI must run the interop tests.
+how to install it; with ``CI=true`` it fails instead, because CI must run the interop tests
+(``require_peer``, ``require_root`` and ``unavailable`` live in ``peers``, whose module name is
+unique: test modules import them from there, as ``conftest`` may name another directory's).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,41 +23,19 @@ from peers import (  # noqa: E402
     SmarthostInstance,
     free_port,
     make_shared_dir,
-    peer_command,
+    require_peer,
+    require_root,
+    unavailable,
 )
 
 # What smarthost's stderr says while `smarthost run` does not exist yet.
 _NOT_BUILT_YET = ("invalid choice: 'run'", "No module named 'smarthost.")
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def unavailable(reason: str) -> None:
-    """Skip the test, or fail it under CI=true."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: the interop tests must run here)", pytrace=False)
-    pytest.skip(reason)
-
-
-def require_peer(name: str) -> str:
-    """The full path of command ``name``; skips (fails in CI) when it is not installed."""
-    path = peer_command(name)
-    if path is None:
-        unavailable(f"{name} missing: install with scripts/install-peers.sh")
-    return path
-
-
-def require_root(why: str = "Postfix needs root to start") -> None:
-    if os.geteuid() != 0:
-        unavailable(f"not root: {why}")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(item.fspath).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.interop)
 
 

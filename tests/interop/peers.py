@@ -57,6 +57,32 @@ def peer_command(name: str) -> str | None:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Skip the current test, or fail it under CI=true (CI must run the interop tests)."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: the interop tests must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_peer(name: str) -> str:
+    """The full path of command ``name``; skips the test (fails it in CI) when not installed."""
+    path = peer_command(name)
+    if path is None:
+        unavailable(f"{name} missing: install with scripts/install-peers.sh")
+    return path
+
+
+def require_root(why: str = "Postfix needs root to start") -> None:
+    if os.geteuid() != 0:
+        unavailable(f"not root: {why}")
+
+
 class PeerError(RuntimeError):
     """A peer failed to start or misbehaved; the message carries its own diagnostics."""
 

@@ -10,8 +10,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import require_peer
-from peers import LOOPBACK, free_port, wait_for_port
+from peers import LOOPBACK, free_port, require_peer, wait_for_port
 
 OLD_TLS = ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]  # SECLEVEL=0: OpenSSL 3 offers TLS 1.1 only there
 

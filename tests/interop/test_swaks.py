@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_peer
-from peers import free_port, wait_for_text
+from peers import free_port, require_peer, wait_for_text
 
 LOCAL_DOMAIN = "example.test"
 LOCAL_USER = f"root@{LOCAL_DOMAIN}"  # a user every system has, should local recipients be checked
@@ -55,7 +54,8 @@ def server(start_smarthost):
 @pytest.fixture
 def message_file(tmp_path: Path) -> Path:
     path = tmp_path / "message.txt"
-    path.write_text(MESSAGE)
+    # Without the final newline: swaks ends the data with CRLF itself (and would add one more).
+    path.write_text(MESSAGE.removesuffix("\n"))
     return path
 
 

@@ -64,7 +64,7 @@ def test_a_whole_session():
     assert mail == MailFrom(Address("alice", "example.org", "<alice@example.org>"), MailParams(size=42))
     assert shell.events[3].params == RcptParams(notify=("FAILURE",))
     assert shell.conn.closed
-    assert dict(shell.conn.counters) == {"commands": 6, "ehlo": 1, "mail": 1, "rcpt": 2, "data": 1, "quit": 1}
+    assert dict(shell.conn.counters) == {"ehlo": 1, "mail": 1, "rcpt": 2, "data": 1, "quit": 1}
 
 
 def test_helo_gets_a_one_line_reply_and_no_esmtp():
@@ -558,13 +558,14 @@ def test_quit_with_pending_input_after_it_is_final():
     assert shell.send(b"NOOP\r\n") == b""
 
 
-def test_eof_closes_without_a_reply():
+def test_eof_in_data_loses_the_message_and_closes():
     shell = FakeShell()
-    assert shell.send(b"EHLO c\r\n") .startswith(b"250-")
+    assert shell.send(b"EHLO c\r\n").startswith(b"250-")
     assert shell.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
     assert shell.send(b"partial body\r\n") == b""
-    assert shell.send(b"") == b""
-    assert shell.events[-1] == Closing(None, "eof")
+    lost = Reply(421, "4.4.2", "mx.example.com Error: lost connection")
+    assert shell.send(b"") == lost.to_bytes()
+    assert shell.events[-1] == Closing(lost, "eof", "DATA")
     assert not shell.messages and shell.conn.closed
 
 
@@ -573,6 +574,7 @@ def test_buffered_commands_run_before_eof():
     shell.conn.receive_data(b"NOOP\r\nQUIT\r\n")
     shell.conn.receive_data(b"")
     assert shell.drain() == b"250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
+    assert dict(shell.conn.counters) == {"noop": 1, "quit": 1}
     assert shell.events == [Quit()]
 
 

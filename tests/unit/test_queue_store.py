@@ -16,6 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smarthost.queue import (
     CorruptEntry,
@@ -122,6 +124,61 @@ def test_empty_body_and_null_sender(store: QueueStore) -> None:
     assert entry.envelope == bounce
     assert entry.arrival == 1000.5
     assert store.read_body(queue_id) == b""
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+OPTIONAL = st.none() | TEXT
+RECIPIENTS = st.lists(
+    st.builds(
+        Recipient,
+        address=TEXT.filter(bool),
+        orcpt=OPTIONAL,
+        notify=st.none() | st.lists(st.sampled_from(["SUCCESS", "FAILURE", "DELAY", "NEVER"]),
+                                    min_size=1, max_size=3).map(tuple),
+    ),
+    min_size=1,
+    max_size=5,
+).map(tuple)
+ENVELOPES = st.builds(
+    Envelope,
+    sender=TEXT,
+    recipients=RECIPIENTS,
+    client_address=TEXT,
+    client_name=TEXT,
+    helo=TEXT,
+    protocol=TEXT,
+    sasl_username=OPTIONAL,
+    body_type=OPTIONAL,
+    smtputf8=st.booleans(),
+    envid=OPTIONAL,
+    ret=OPTIONAL,
+    arrival=st.floats(min_value=0, max_value=2**40, allow_nan=False),
+)
+
+
+def test_any_envelope_and_body_round_trip(tmp_path: Path) -> None:
+    with QueueStore(tmp_path / "q", large_body_threshold=64, synchronous=False) as store:
+
+        @settings(max_examples=150, deadline=None)
+        @given(envelope=ENVELOPES, body=st.binary(max_size=200))
+        def check(envelope: Envelope, body: bytes) -> None:
+            queue_id = store.submit_sync(envelope, body)
+            assert store.get(queue_id).envelope == envelope
+            assert store.read_body(queue_id) == body
+
+        check()
+
+
+def test_caller_may_bring_its_own_queue_id(store: QueueStore, queue_dir: Path) -> None:
+    early = new_queue_id()  # e.g. for the Received header's "id" clause
+    assert asyncio.run(store.submit(ENVELOPE, LARGE, queue_id=early)) == early
+    assert body_files(queue_dir) == [early]
+    other = new_queue_id()
+    assert store.submit_sync(ENVELOPE, SMALL, queue_id=other) == other
+    assert store.read_body(early) == LARGE and store.read_body(other) == SMALL
+    with pytest.raises(ValueError, match="new_queue_id"):
+        store.submit_sync(ENVELOPE, SMALL, queue_id="../../etc/x")
+    assert store.count() == 2
 
 
 def test_directories_are_private(store: QueueStore, queue_dir: Path) -> None:

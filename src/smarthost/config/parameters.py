@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smarthost.config.errors import show
+from smarthost.netaddr import parse_network
 
 Lookup = Callable[[str], str]
 Default = str | Callable[[Lookup], str]
@@ -163,30 +164,18 @@ _TABLE_RE = re.compile(r"[a-z][a-z0-9_]*:", re.IGNORECASE)
 _ADDRESSISH_RE = re.compile(r"[0-9.]+")
 
 
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """Parse Postfix's network syntax: ``1.2.3.0/24``, ``[2001:db8::]/32``, ``::1``."""
-    address, slash, prefix = text.partition("/")
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
-    return ipaddress.ip_network(address + slash + prefix, strict=False)
-
-
 def check_networks(items: list[str]) -> None:
-    """Each item is a network, a ``type:table``, a ``/file`` or a host name."""
+    """Each item is a network (netaddr's syntax), a ``type:table``, a ``/file`` or a host name."""
     for item in items:
         text = item[1:] if item.startswith("!") else item
-        try:
-            _network(text)
-            continue
-        except ValueError:
-            pass
         if text.startswith("/") or _TABLE_RE.match(text):
             continue
-        if "/" in text or "[" in text or ":" in text or _ADDRESSISH_RE.fullmatch(text):
-            raise Problem(
-                f"{show(item)} is not a network address",
-                "use address/prefix, e.g. 192.168.1.0/24 or [2001:db8::]/32",
-            )
+        try:
+            parse_network(text)
+        except ValueError as exc:
+            if "/" in text or "[" in text or ":" in text or _ADDRESSISH_RE.fullmatch(text):
+                problem, _, fix = str(exc).partition(": ")
+                raise Problem(problem, fix or "use address/prefix, e.g. 192.168.1.0/24 or [2001:db8::]/32") from None
 
 
 def _check_interfaces(items: list[str]) -> None:

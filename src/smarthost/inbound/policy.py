@@ -128,7 +128,8 @@ class PolicySettings:
     ``!domain``, ``/file/name`` or ``type:table``; ``relay_domains`` also matches subdomains of a
     plain ``domain`` (Postfix's ``parent_domain_matches_subdomains`` default), ``mydestination``
     does not. ``inet_addresses_for_ip_literals`` are the server's own addresses: ``user@[addr]``
-    is local only for those. ``myhostname`` is carried for the replies that name the server."""
+    is local only for those. ``myhostname`` is not used by the restrictions implemented so far
+    (it is part of the settings the config layer hands over)."""
 
     client_restrictions: Sequence[str] = ()
     helo_restrictions: Sequence[str] = ()
@@ -693,7 +694,7 @@ class Policy:
         if not parts:
             return self._config_error(stage, name, f"{table.name}: empty result")
         word, text = parts[0].upper(), (parts[1].strip() if len(parts) > 1 else "")
-        if word == "OK" or value.strip().isdigit():  # an all-numerical result means OK (access(5))
+        if word == "OK" or (word.isascii() and word.isdigit() and not text):  # all-numerical means OK (access(5))
             return Decision("permit", restriction=name, stage=stage)
         if word == "DUNNO":
             return None

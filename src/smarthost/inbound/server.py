@@ -174,7 +174,6 @@ class Session(asyncio.Protocol):
         self.mail_params = None
         self._busy = False          # waiting for the queue or a TLS handshake
         self._counted = False
-        self._last_verb = "CONNECT"
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -245,7 +244,7 @@ class Session(asyncio.Protocol):
             if conn.closed or not total:
                 self.maillog.log(f"disconnect from {self.label} {parts} commands={total}".replace("  ", " "))
             else:
-                self.maillog.log(f"lost connection after {self._last_verb} from {self.label}")
+                self.maillog.log(f"lost connection after {self._verb()} from {self.label}")
                 self.maillog.log(f"disconnect from {self.label} {parts} commands={total}".replace("  ", " "))
         self.worker.closed(self)
 
@@ -262,33 +261,27 @@ class Session(asyncio.Protocol):
             if kind is RcptTo:
                 self._on_rcpt(event)
             elif kind is MailFrom:
-                self._last_verb = "MAIL"
                 self.sender = "" if event.address.is_null else str(event.address)
                 self.recipients = []
                 self.mail_params = event.params
                 conn.accept()
             elif kind is DataCommand:
-                self._last_verb = "DATA"
                 self._on_data_command()
             elif kind is MessageReceived:
-                self._last_verb = "END-OF-MESSAGE"
                 self._busy = True
                 asyncio.get_running_loop().create_task(self._queue_message(event.data))
                 break
             elif kind is Helo:
-                self._last_verb = "EHLO" if event.extended else "HELO"
                 self.facts = _replace_facts(self.facts, helo=event.name)
                 conn.accept()
             elif kind is ProtocolError:
                 self._on_protocol_error(event)
             elif kind is StartTLS:
-                self._last_verb = "STARTTLS"
                 self._busy = True
                 self._flush()
                 asyncio.get_running_loop().create_task(self._start_tls())
                 return
             elif kind is Quit:
-                self._last_verb = "QUIT"
                 self._flush()
                 self._close()
                 return
@@ -321,7 +314,6 @@ class Session(asyncio.Protocol):
     # -- events ---------------------------------------------------------------------------
 
     def _on_rcpt(self, event: RcptTo) -> None:
-        self._last_verb = "RCPT"
         conn = self.conn
         recipient = str(event.address)
         decision = self.listener.policy.check_recipient(self.facts, self.sender, recipient)
@@ -350,9 +342,10 @@ class Session(asyncio.Protocol):
         conn.accept()
 
     def _on_protocol_error(self, event: ProtocolError) -> None:
-        reply = event.reply
-        if reply.code == 554 or reply.code == 421:
-            return  # a Closing event follows and is logged there
+        if event.detail:
+            self.maillog.warning(f"{event.detail} from {self.label}")
+        if not event.reply.is_error or self.conn.closed:
+            return
         if self.conn.error_count > self.listener.soft_error_limit and self.listener.error_sleep > 0:
             # Postfix's smtpd_error_sleep_time: slow down clients that keep making errors.
             self._busy = True
@@ -368,12 +361,15 @@ class Session(asyncio.Protocol):
         self._pump()
 
     def _on_closing(self, event: Closing) -> None:
-        reply = event.reply
-        text = reply.text if isinstance(reply.text, str) else " ".join(reply.text)
-        if reply.code == 554:
-            self.maillog.log(f"improper command pipelining after {self._last_verb} from {self.label}")
-        elif reply.code == 421:
-            self.maillog.log(f"{text.split('Error: ', 1)[-1]} after {self._last_verb} from {self.label}")
+        reason = event.reason
+        if reason == "protocol synchronization":
+            self.maillog.log(f"improper command pipelining after {event.verb} from {self.label}")
+        elif reason == "pre-greeting input":
+            self.maillog.log(f"improper command pipelining before the greeting from {self.label}")
+        elif reason == "eof":
+            self.maillog.log(f"lost connection after {self._verb()} from {self.label}")
+        else:
+            self.maillog.log(f"{reason} after {self._verb()} from {self.label}")
         self._flush()
         self._close()
 
@@ -446,7 +442,7 @@ class Session(asyncio.Protocol):
     # -- ends -------------------------------------------------------------------------------
 
     def timed_out(self) -> None:
-        self.maillog.log(f"timeout after {self._last_verb} from {self.label}")
+        self.maillog.log(f"timeout after {self._verb()} from {self.label}")
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(Reply(421, "4.4.2", f"{self.listener.myhostname} {TIMEOUT}").to_bytes())
             self._close()
@@ -459,6 +455,9 @@ class Session(asyncio.Protocol):
             self._close()
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _verb(self) -> str:
+        return self.conn.last_verb if self.conn is not None else "CONNECT"
 
     def _proto(self) -> str:
         """RFC 3848 protocol names for the log and the Received header."""

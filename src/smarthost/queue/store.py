@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ids import new_queue_id
+from .ids import is_queue_id, new_queue_id
 
 log = logging.getLogger(__name__)
 
@@ -356,13 +356,17 @@ class QueueStore:
 
     # -- submitting ------------------------------------------------------------
 
-    async def submit(self, envelope: Envelope, body: bytes) -> str:
+    async def submit(
+        self, envelope: Envelope, body: bytes, *, queue_id: str | None = None
+    ) -> str:
         """Queue a message; return its id once it is on stable storage.
 
-        Raises QueueError if it could not be stored (answer 451 4.3.0).
-        Cancelling the caller does not withdraw the message.
+        ``queue_id``, if given, must come from :func:`new_queue_id` (a caller
+        that wants the id early, e.g. for its Received header); by default the
+        store makes one. Raises QueueError if the message could not be stored
+        (answer 451 4.3.0). Cancelling the caller does not withdraw the message.
         """
-        item = self._prepare(envelope, body)
+        item = self._prepare(envelope, body, queue_id)
         loop = asyncio.get_running_loop()
         if item.body_file is not None:
             await loop.run_in_executor(None, self._write_body_file, item.body_file, body)
@@ -371,9 +375,11 @@ class QueueStore:
         self._enqueue(item)
         return await item.waiter
 
-    def submit_sync(self, envelope: Envelope, body: bytes) -> str:
+    def submit_sync(
+        self, envelope: Envelope, body: bytes, *, queue_id: str | None = None
+    ) -> str:
         """Blocking :meth:`submit`, for tools such as sendmail (not from an event loop)."""
-        item = self._prepare(envelope, body)
+        item = self._prepare(envelope, body, queue_id)
         if item.body_file is not None:
             self._write_body_file(item.body_file, body)
         waiter: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -381,13 +387,16 @@ class QueueStore:
         self._enqueue(item)
         return waiter.result()
 
-    def _prepare(self, envelope: Envelope, body: bytes) -> _Pending:
+    def _prepare(self, envelope: Envelope, body: bytes, queue_id: str | None) -> _Pending:
+        if queue_id is None:
+            queue_id = new_queue_id()
+        elif not is_queue_id(queue_id):  # it names a file: letters and digits only
+            raise ValueError("queue_id must come from new_queue_id()")
         if not isinstance(body, bytes):
             raise TypeError("body must be bytes")
         if not envelope.recipients:
             raise ValueError("an envelope needs at least one recipient")  # RFC 5321 §3.3
         _check_text("sender", envelope.sender)
-        queue_id = new_queue_id()
         arrival = time.time() if envelope.arrival is None else envelope.arrival
         recipient_rows = []
         for index, rcpt in enumerate(envelope.recipients):

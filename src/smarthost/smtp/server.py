@@ -16,18 +16,36 @@ MAIL, RCPT, DATA, the received message and (when enabled) VRFY.
 
 Event types and when they come:
 
-=================  =======================================================
-``Helo``           decision; default accept reply: the EHLO capabilities
-``MailFrom``       decision; default ``250 2.1.0 Ok``
-``RcptTo``         decision; default ``250 2.1.5 Ok``
-``DataCommand``    decision; default ``354 End data with <CR><LF>.<CR><LF>``
-``MessageReceived``decision; the shell passes ``250 2.0.0 Ok: queued as ID``
-``Vrfy``           decision (only when ``vrfy_enabled``)
-``StartTLS``       220 queued; flush, handshake, then ``tls_established()``
-``Quit``           221 queued; flush and close
-``Closing``        a final reply (or none, at EOF) is queued; flush and close
-``ProtocolError``  information: the core refused a command by itself
-=================  =======================================================
+=====================  =========================================================
+``Helo``               decision; default accept reply: the EHLO capabilities
+``MailFrom``           decision; default ``250 2.1.0 Ok``
+``RcptTo``             decision; default ``250 2.1.5 Ok``
+``DataCommand``        decision; default ``354 End data with <CR><LF>.<CR><LF>``
+``MessageReceived``    decision; the shell passes ``250 2.0.0 Ok: queued as ID``
+``Vrfy``               decision (only when ``vrfy_enabled``)
+``StartTLS``           220 queued; flush, handshake, then ``tls_established()``
+``Quit``               221 queued; flush and close
+``Closing``            a final 421/554 is queued (also at EOF); flush and close
+``ProtocolError``      information: the core refused a command by itself
+=====================  =========================================================
+
+Choices made here:
+
+* ``forbid_unauth_pipelining`` (Postfix 3.9): a command that must end a
+  pipelined group (EHLO, HELO, DATA, VRFY, EXPN, TURN, QUIT, NOOP, STARTTLS),
+  or any command or end-of-data when the client did not say EHLO, followed by
+  input the client sent before seeing the reply, gets ``554 5.5.0`` and the
+  session ends.  Input before the greeting is treated the same way.
+* Every 4xx/5xx reply counts towards ``hard_error_limit``; the reply that
+  reaches the limit is sent, then ``421`` and close (as Postfix does).  The
+  exception is ``452 4.5.3 too many recipients``: RFC 5321 §4.5.3.1.10 lets
+  the client send the rest later, and a long list must not end the session.
+* Addresses with bad syntax get ``501 5.1.7`` (sender) / ``501 5.1.3``
+  (recipient), the RFC 3463 codes for exactly that.
+* DSN parameters (NOTIFY, ORCPT, RET, ENVID) are parsed and kept, but DSN is
+  not advertised until the queue can honour them.
+* QUIT, NOOP and HELP accept and ignore arguments; RSET, DATA and STARTTLS
+  with arguments get ``501``.
 """
 
 from __future__ import annotations
@@ -84,7 +102,7 @@ class ServerSettings:
     tls_required: bool = False
     vrfy_enabled: bool = False
     max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, CRLF included
-    max_pending_input: int = 1 << 20  # unread command input allowed while a decision is pending
+    max_pending_input: int = 1 << 20  # unread command input held; only reached when the shell keeps feeding while PAUSED
     extra_capabilities: tuple[str, ...] = ()  # EHLO lines added after STARTTLS, e.g. "AUTH PLAIN"
 
     def __post_init__(self) -> None:
@@ -159,8 +177,9 @@ class Quit:
 
 @dataclass(frozen=True, slots=True)
 class Closing:
-    reply: Reply | None  # None at EOF: nothing left to say
+    reply: Reply  # already queued
     reason: str  # "eof", "too many errors", "protocol synchronization", "pre-greeting input", "too much input"
+    verb: str  # the last command, as in Postfix's "lost connection after DATA"; see ServerConnection.last_verb
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +215,12 @@ class ServerConnection:
         self.state = State.CONNECTED
         self.session = Session(tls_active=tls_active)
         self.error_count = 0
-        self.counters: Counter[str] = Counter()  # verb -> commands received, plus "commands"
+        self.counters: Counter[str] = Counter()  # lower-case verb (or "unknown") -> commands received
         self.failures: Counter[str] = Counter()  # verb -> 4xx/5xx replies to it
         self.discarded_after_starttls = 0  # plaintext octets thrown away (RFC 3207 §4.2)
+        # The last command seen: upper-case verb, "UNKNOWN", "CONNECT" before
+        # any, "END-OF-MESSAGE" after the end of DATA.  Never client text.
+        self.last_verb = "CONNECT"
         self._buf = bytearray()
         self._pos = 0  # start of unread input in _buf
         self._skipping_line = False  # discarding the rest of a too long line
@@ -215,7 +237,16 @@ class ServerConnection:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
+    @property
+    def buffered(self) -> int:
+        """Unread input held by the core (a shell may stop reading while this is large)."""
+        if self._framer is not None:
+            return self._framer.buffered
+        return len(self._buf) - self._pos
+
     def greet(self) -> None:
+        if self.closed:  # already closed for input sent before the greeting
+            return
         self._expect_state(State.CONNECTED)
         if self.settings.forbid_unauth_pipelining and len(self._buf) > self._pos:
             # RFC 5321 §3.1: the client waits for the greeting.
@@ -278,7 +309,8 @@ class ServerConnection:
                 progressed = False
             if not progressed:
                 if self._eof:
-                    self._close(None, "eof")
+                    lost = Reply(421, "4.4.2", f"{self.settings.hostname} Error: lost connection")
+                    self._close(lost, "eof")
                     continue
                 return NEED_DATA
 
@@ -385,12 +417,11 @@ class ServerConnection:
         return True
 
     def _line_too_long(self) -> None:
-        self.counters["commands"] += 1
         self.counters["unknown"] += 1
+        self.last_verb = "UNKNOWN"
         self._error("UNKNOWN", replies.LINE_TOO_LONG)
 
     def _command(self, raw: bytes, bare_lf: bool) -> None:
-        self.counters["commands"] += 1
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -401,6 +432,7 @@ class ServerConnection:
         verb, argument = split_command(line)
         command = _COMMANDS.get(verb)
         self.counters[verb.lower() if command else "unknown"] += 1
+        self.last_verb = verb if command else "UNKNOWN"
         if (
             self.settings.forbid_unauth_pipelining
             and self._pos < len(self._buf)
@@ -433,6 +465,7 @@ class ServerConnection:
         self._framer = None
         self._buf = end.rest
         self._pos = 0
+        self.last_verb = "END-OF-MESSAGE"
         if end.raw is None:
             self._message_refused(replies.MESSAGE_TOO_BIG)
             return True
@@ -581,14 +614,13 @@ class ServerConnection:
             reply = Reply(421, "4.7.0", f"{self.settings.hostname} Error: too many errors")
             self._close(reply, "too many errors")
 
-    def _close(self, reply: Reply | None, reason: str) -> None:
-        if reply is not None:
-            self._send(reply)
+    def _close(self, reply: Reply, reason: str) -> None:
+        self._send(reply)
         self._discard_input()
         self._framer = None
         self._pending = None
         self.state = State.CLOSED
-        self._events.append(Closing(reply, reason))
+        self._events.append(Closing(reply, reason, self.last_verb))
 
     def _discard_input(self) -> int:
         discarded = len(self._buf) - self._pos
@@ -621,14 +653,18 @@ def _not_implemented(verb: str) -> Callable[[ServerConnection, str], None]:
 def _decision_verb(event: Decision) -> str:
     if isinstance(event, Helo):
         return "ehlo" if event.extended else "helo"
-    if isinstance(event, MessageReceived):
-        return "data"
     return _EVENT_VERBS[type(event)]
 
 
-_EVENT_VERBS: dict[type, str] = {MailFrom: "mail", RcptTo: "rcpt", DataCommand: "data", Vrfy: "vrfy"}
+_EVENT_VERBS: dict[type, str] = {
+    MailFrom: "mail",
+    RcptTo: "rcpt",
+    DataCommand: "data",
+    MessageReceived: "data",
+    Vrfy: "vrfy",
+}
 
-_ANY: dict[State, Reply] = {}
+_ANY: dict[State, Reply] = {}  # allowed in every command state
 _TRANSACTION = {State.MAIL: replies.TRANSACTION_IN_PROGRESS, State.RCPT: replies.TRANSACTION_IN_PROGRESS}
 _COMMANDS: dict[str, _Command] = {
     "EHLO": _Command(ServerConnection._ehlo, ends_group=True, needs_tls=False, refused=_ANY),

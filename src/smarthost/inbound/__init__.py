@@ -1,0 +1,1 @@
+"""The receiving side: SMTP listeners and sessions, and the restrictions they apply."""
