@@ -3,8 +3,8 @@
 # Needs root and apt-get; elsewhere it says what is missing and the interop tests skip
 # (unless CI=true, where they fail instead).
 set -euo pipefail
-pkgs=(postfix swaks sasl2-bin libsasl2-modules msmtp testssl.sh openssl)
-cmds=(postfix swaks saslauthd msmtp testssl openssl smtp-source)
+pkgs=(postfix swaks sasl2-bin libsasl2-modules msmtp testssl.sh openssl postgresql dovecot-core)
+cmds=(postfix swaks saslauthd msmtp testssl openssl smtp-source pg_ctlcluster doveadm)
 missing=0
 for c in "${cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
 [ -x /usr/sbin/postfix ] || missing=1

@@ -7,8 +7,8 @@ Lines look like syslog's, so the greps admins know keep working::
 The queue id comes first where there is one; ``NOQUEUE`` where a request was refused before
 anything was queued. Message bodies and secrets never go here.
 
-Writing is cheap on the hot path: inside an event loop, lines are collected and written with
-one ``write`` per loop iteration; without a running loop each line is written at once.
+Writing is cheap on the hot path: once attached to an event loop, lines are collected and
+written with one ``write`` per loop iteration; otherwise each line is written at once.
 Developers' diagnostics use module loggers (``logging.getLogger(__name__)``) instead.
 """
 
@@ -34,6 +34,7 @@ class MailLog:
         self._stream: TextIO | None = None
         self._pending: list[str] = []
         self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stamp_second = -1
         self._stamp = ""
         self._prefix = ""
@@ -66,13 +67,15 @@ class MailLog:
             self._stamp_second = second
         return self._stamp
 
+    def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Batch lines per iteration of ``loop`` (None: write each line at once)."""
+        self.flush()
+        self._loop = loop
+
     def log(self, message: str) -> None:
         line = self._timestamp() + self._prefix + message + "\n"
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
             self._write(line)
             return
         self._pending.append(line)

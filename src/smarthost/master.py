@@ -214,7 +214,8 @@ async def _worker(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
     loop = asyncio.get_running_loop()
     params = runtime.config.params
     store = QueueStore(Path(params["queue_directory"]), large_body_threshold=params["queue_large_body_threshold"])
-    worker = Worker(store, maillog)
+    worker = Worker(store, maillog, loop)
+    maillog.attach(loop)
     stop = asyncio.Event()
     grace = {"seconds": STOP_GRACE}
 
@@ -230,6 +231,7 @@ async def _worker(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
     await stop.wait()
     await worker.drain(grace["seconds"])
     store.close()
+    maillog.attach(None)
 
 
 # -- the master ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Command-line entry point: ``smarthost [-c DIR] COMMAND ...``.
 
-Each command family lives in its own module exposing ``register(subparsers)``; the
-registered parser sets ``func(args) -> int``. ``-c DIR`` (or ``MAIL_CONFIG``) names the
+Each command family lives in its own module of this package exposing
+``register(subparsers)`` (found automatically); the registered parser sets ``func(args) -> int``. ``-c DIR`` (or ``MAIL_CONFIG``) names the
 configuration directory for every command; the default is ``/etc/smarthost``.
 """
 
@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 
 DEFAULT_CONFIG_DIR = "/etc/smarthost"
 
-# Modules under smarthost.cli that contribute commands.
-COMMAND_MODULES = ("postconf", "daemon", "queue")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smarthost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="smarthost", description="smarthost: an authenticated, encrypted mail relay that reads Postfix's configuration"
+    )
     parser.add_argument(
         "-c",
         dest="config_dir",
@@ -27,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration directory (default: $MAIL_CONFIG or /etc/smarthost)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"smarthost.cli.{name}").register(sub)
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"smarthost.cli.{module}").register(sub)
     return parser
 
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from smarthost.inbound.policy import ClientFacts, Policy
 from smarthost.maillog import MailLog, client_label
@@ -87,7 +86,8 @@ class _Stats:
 class Worker:
     """The SMTP side of one worker process: sessions, shared counters, shutdown."""
 
-    def __init__(self, store: QueueStore, maillog: MailLog) -> None:
+    def __init__(self, store: QueueStore, maillog: MailLog, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() syscall per call
         self.store = store
         self.maillog = maillog
         self.sessions: set[Session] = set()
@@ -99,7 +99,7 @@ class Worker:
         self._idle.set()
 
     async def serve(self, listener: Listener, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         server = await loop.create_server(
             lambda: Session(self, listener),
             sock=sock,
@@ -122,13 +122,21 @@ class Worker:
             self._idle.set()
 
     async def _sweep(self) -> None:
-        """Close sessions idle for longer than their service's ``smtpd_timeout`` (421 4.4.2)."""
-        loop = asyncio.get_running_loop()
+        """Close sessions idle for longer than their service's ``smtpd_timeout`` (421 4.4.2).
+
+        Sessions reset ``idle`` to 0 on every read; each sweep adds the time since the last one.
+        """
+        loop = self.loop
+        last = loop.time()
         while True:
             await asyncio.sleep(1.0)
             now = loop.time()
+            elapsed, last = now - last, now
             for session in list(self.sessions):
-                if now - session.last_activity > session.listener.timeout:
+                if session._busy:
+                    continue  # waiting for the queue or a handshake: not the client's fault
+                session.idle += elapsed
+                if session.idle > session.listener.timeout:
                     session.timed_out()
 
     async def drain(self, grace: float) -> None:
@@ -149,10 +157,8 @@ class Worker:
 
 
 def _client_name(address: str) -> str:
-    try:
-        return "localhost" if ipaddress.ip_address(address).is_loopback else "unknown"
-    except ValueError:
-        return "unknown"
+    """``localhost`` for loopback clients, else ``unknown`` (no reverse DNS lookup)."""
+    return "localhost" if address.startswith("127.") or address == "::1" else "unknown"
 
 
 class Session(asyncio.Protocol):
@@ -168,7 +174,8 @@ class Session(asyncio.Protocol):
         self.label = ""
         self.facts: ClientFacts | None = None
         self.tls: TLSInfo | None = None
-        self.last_activity = 0.0
+        self.loop = worker.loop
+        self.idle = 0.0  # seconds without input, kept by Worker._sweep
         self.sender = ""
         self.recipients: list[Recipient] = []
         self.mail_params = None
@@ -179,8 +186,6 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        loop = asyncio.get_running_loop()
-        self.last_activity = loop.time()
         peer = transport.get_extra_info("peername") or ("", 0)
         address = peer[0]
         if address.startswith("::ffff:") and "." in address:
@@ -211,7 +216,7 @@ class Session(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = asyncio.get_running_loop().time()
+        self.idle = 0.0
         conn = self.conn
         if conn is None or conn.closed:
             return
@@ -238,14 +243,9 @@ class Session(asyncio.Protocol):
             self._counted = False
         conn = self.conn
         if conn is not None:
-            counts = conn.counters
-            total = sum(counts.values())
-            parts = " ".join(f"{verb}={n}" for verb, n in counts.items())
-            if conn.closed or not total:
-                self.maillog.log(f"disconnect from {self.label} {parts} commands={total}".replace("  ", " "))
-            else:
+            if not conn.closed and conn.counters:
                 self.maillog.log(f"lost connection after {self._verb()} from {self.label}")
-                self.maillog.log(f"disconnect from {self.label} {parts} commands={total}".replace("  ", " "))
+            self.maillog.log(f"disconnect from {self.label}{_command_stats(conn)}")
         self.worker.closed(self)
 
     # -- the event pump -------------------------------------------------------------------
@@ -269,17 +269,17 @@ class Session(asyncio.Protocol):
                 self._on_data_command()
             elif kind is MessageReceived:
                 self._busy = True
-                asyncio.get_running_loop().create_task(self._queue_message(event.data))
+                self.loop.create_task(self._queue_message(event.data))
                 break
             elif kind is Helo:
-                self.facts = _replace_facts(self.facts, helo=event.name)
+                self.facts = replace(self.facts, helo=event.name)
                 conn.accept()
             elif kind is ProtocolError:
                 self._on_protocol_error(event)
             elif kind is StartTLS:
                 self._busy = True
                 self._flush()
-                asyncio.get_running_loop().create_task(self._start_tls())
+                self.loop.create_task(self._start_tls())
                 return
             elif kind is Quit:
                 self._flush()
@@ -350,7 +350,7 @@ class Session(asyncio.Protocol):
             # Postfix's smtpd_error_sleep_time: slow down clients that keep making errors.
             self._busy = True
             self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(self.listener.error_sleep, self._resume_after_sleep)
+            self.loop.call_later(self.listener.error_sleep, self._resume_after_sleep)
 
     def _resume_after_sleep(self) -> None:
         self._busy = False
@@ -410,7 +410,7 @@ class Session(asyncio.Protocol):
             self._pump()
 
     async def _start_tls(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         listener = self.listener
         try:
             transport = await loop.start_tls(
@@ -428,9 +428,9 @@ class Session(asyncio.Protocol):
             return
         self.transport = transport
         self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"))
-        self.facts = _replace_facts(self.facts, tls=True)
+        self.facts = replace(self.facts, tls=True)
         self._log_tls()
-        self.last_activity = loop.time()
+        self.idle = 0.0
         self.conn.tls_established()
         self._busy = False
         self._pump()
@@ -485,10 +485,18 @@ class Session(asyncio.Protocol):
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
 
 
-def _replace_facts(facts: ClientFacts, **changes) -> ClientFacts:
-    from dataclasses import replace
-
-    return replace(facts, **changes)
+def _command_stats(conn: ServerConnection) -> str:
+    """Postfix's disconnect summary: `` ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4``."""
+    parts = []
+    total = good = 0
+    failures = conn.failures
+    for verb, n in conn.counters.items():
+        failed = failures.get(verb, 0)
+        total += n
+        good += n - failed
+        parts.append(f" {verb}={n - failed}/{n}" if failed else f" {verb}={n}")
+    parts.append(f" commands={good}/{total}" if good != total else f" commands={total}")
+    return "".join(parts)
 
 
 _date_cache: list = [0, ""]

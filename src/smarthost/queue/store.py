@@ -297,6 +297,7 @@ class QueueStore:
         self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
         self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop submit() last ran on
         self._submit_lock = threading.Lock()
         self._closed = False
         self._commits = self._messages = self._failed_commits = self._largest_batch = 0
@@ -367,7 +368,9 @@ class QueueStore:
         (answer 451 4.3.0). Cancelling the caller does not withdraw the message.
         """
         item = self._prepare(envelope, body, queue_id)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():  # get_running_loop() costs a getpid() syscall
+            loop = self._loop = asyncio.get_running_loop()
         if item.body_file is not None:
             await loop.run_in_executor(None, self._write_body_file, item.body_file, body)
         item.waiter = loop.create_future()

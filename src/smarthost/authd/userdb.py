@@ -1,0 +1,247 @@
+"""smarthost's own user database: the file ``sasldb_path`` names (default ``CONFIG_DIR/sasldb``).
+
+One SQLite file, mode 0600, managed by ``smarthost users`` (the saslpasswd2 / sasldblistusers2
+equivalents), read by ``smarthost authd`` (no ``-a``: the ``userdb`` backend) and directly by the
+SMTP server for ``pwcheck_method: auxprop``. Per user (name and realm; the empty realm is a realm
+of its own) it keeps an argon2id hash for plaintext mechanisms, SCRAM-SHA-256 and SCRAM-SHA-1
+verifiers (RFC 5802 §3: salt, iteration count, StoredKey, ServerKey; never the password) and when
+the entry was created and last changed.
+
+The SCRAM verifiers are computed with ``scramp`` here (RFC 5802 §3, SASLprep'd password per
+RFC 4013, 4096 iterations at least as RFC 7677 §4 asks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import scramp
+
+from smarthost.authd import passwords
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+SCRAM_ITERATIONS = 4096
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT NOT NULL,
+    realm TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created REAL NOT NULL,
+    changed REAL NOT NULL,
+    PRIMARY KEY (name, realm)
+);
+CREATE TABLE IF NOT EXISTS scram (
+    name TEXT NOT NULL,
+    realm TEXT NOT NULL,
+    mechanism TEXT NOT NULL,
+    salt BLOB NOT NULL,
+    iterations INTEGER NOT NULL,
+    stored_key BLOB NOT NULL,
+    server_key BLOB NOT NULL,
+    PRIMARY KEY (name, realm, mechanism)
+);
+"""
+
+
+class UserDBError(Exception):
+    """A user database operation that can not be done (the message names user and file only)."""
+
+
+class ScramCredentials(NamedTuple):
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    realm: str
+    scheme: str
+    mechanisms: tuple[str, ...]
+    created: float
+    changed: float
+
+    @property
+    def login(self) -> str:
+        return f"{self.name}@{self.realm}" if self.realm else self.name
+
+
+def split_login(user: str, realm: str = "") -> tuple[str, str]:
+    """``alice@example.test`` with no realm given → ``("alice", "example.test")``; with a realm
+    given, the name is kept whole (it may contain ``@`` itself)."""
+    if not realm and "@" in user:
+        name, _, realm = user.rpartition("@")
+        return name, realm
+    return user, realm
+
+
+class UserDB:
+    """The user database at ``path``; created (mode 0600) on first write. Safe to share between
+    threads: SQLite access is serialized, password hashing runs outside the lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"UserDB({str(self.path)!r})"
+
+    def _connect(self, create: bool) -> sqlite3.Connection | None:
+        if self._conn is not None:
+            return self._conn
+        if not self.path.exists():
+            if not create:
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(self.path, 0o600)  # also tightens a file someone created wider
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # --- reading (the auth side) ----------------------------------------------------------
+
+    def _hash_of(self, name: str, realm: str) -> str | None:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return None
+            row = conn.execute("SELECT hash FROM users WHERE name = ? AND realm = ?", (name, realm)).fetchone()
+        return row[0] if row else None
+
+    def check_password(self, user: str, realm: str, password: str) -> bool:
+        """Whether ``password`` is right for ``user`` in ``realm`` (``user@realm`` works too).
+        An unknown user costs one argon2id verification, like a known one."""
+        name, realm = split_login(user, realm)
+        stored = self._hash_of(name, realm)
+        if stored is None:
+            passwords.verify(passwords.dummy_hash(), password)
+            return False
+        return passwords.verify(stored, password)
+
+    def scram_credentials(self, user: str, realm: str, mechanism: str) -> ScramCredentials | None:
+        """The stored SCRAM verifier of ``user`` for ``SCRAM-SHA-256`` or ``SCRAM-SHA-1``."""
+        name, realm = split_login(user, realm)
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return None
+            row = conn.execute(
+                "SELECT salt, iterations, stored_key, server_key FROM scram WHERE name = ? AND realm = ? AND mechanism = ?",
+                (name, realm, mechanism.upper()),
+            ).fetchone()
+        return ScramCredentials(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3])) if row else None
+
+    def list(self) -> list[UserInfo]:
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return []
+            users = conn.execute("SELECT name, realm, hash, created, changed FROM users ORDER BY realm, name").fetchall()
+            mechs: dict[tuple[str, str], list[str]] = {}
+            for name, realm, mech in conn.execute("SELECT name, realm, mechanism FROM scram ORDER BY mechanism DESC"):
+                mechs.setdefault((name, realm), []).append(mech)
+        return [
+            UserInfo(name, realm, passwords.scheme(stored), tuple(mechs.get((name, realm), ())), created, changed)
+            for name, realm, stored, created, changed in users
+        ]
+
+    # --- writing (the users tool) ---------------------------------------------------------
+
+    def add(self, user: str, password: str, realm: str = "") -> None:
+        """Create ``user``; ``UserDBError`` if it exists."""
+        self._store(user, realm, password, must_exist=False)
+
+    def set_password(self, user: str, password: str, realm: str = "") -> None:
+        """Change the password (hash and SCRAM verifiers); ``UserDBError`` if there is no such user."""
+        self._store(user, realm, password, must_exist=True)
+
+    def delete(self, user: str, realm: str = "") -> None:
+        """Remove ``user``; ``UserDBError`` if there is no such user."""
+        name, realm = split_login(user, realm)
+        deleted = 0
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is not None:
+                with _transaction(conn):
+                    deleted = conn.execute("DELETE FROM users WHERE name = ? AND realm = ?", (name, realm)).rowcount
+                    conn.execute("DELETE FROM scram WHERE name = ? AND realm = ?", (name, realm))
+        if not deleted:
+            raise UserDBError(f"user {_label(name, realm)} not found in {self.path}")
+
+    def _store(self, user: str, realm: str, password: str, *, must_exist: bool) -> None:
+        name, realm = split_login(user, realm)
+        _check_name(name, realm)
+        if not password:
+            raise UserDBError("empty passwords are not stored")
+        hashed = passwords.hash_password(password)
+        verifiers = {mech: _scram_verifier(mech, password) for mech in SCRAM_MECHANISMS}
+        now = time.time()
+        with self._lock:
+            conn = self._connect(create=True)
+            assert conn is not None
+            with _transaction(conn):
+                exists = conn.execute("SELECT 1 FROM users WHERE name = ? AND realm = ?", (name, realm)).fetchone()
+                if must_exist and not exists:
+                    raise UserDBError(f"user {_label(name, realm)} not found in {self.path}")
+                if not must_exist and exists:
+                    raise UserDBError(f"user {_label(name, realm)} already exists in {self.path}")
+                if exists:
+                    conn.execute("UPDATE users SET hash = ?, changed = ? WHERE name = ? AND realm = ?", (hashed, now, name, realm))
+                else:
+                    conn.execute("INSERT INTO users VALUES (?, ?, ?, ?, ?)", (name, realm, hashed, now, now))
+                for mech, v in verifiers.items():
+                    conn.execute(
+                        "INSERT OR REPLACE INTO scram VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (name, realm, mech, v.salt, v.iterations, v.stored_key, v.server_key),
+                    )
+
+
+def _scram_verifier(mechanism: str, password: str) -> ScramCredentials:
+    salt, stored_key, server_key, iterations = scramp.ScramMechanism(mechanism).make_auth_info(
+        password, iteration_count=SCRAM_ITERATIONS
+    )
+    return ScramCredentials(salt, iterations, stored_key, server_key)
+
+
+def _label(name: str, realm: str) -> str:
+    return f"{name}@{realm}" if realm else name
+
+
+def _check_name(name: str, realm: str) -> None:
+    for what, value in (("user name", name), ("realm", realm)):
+        if len(value.encode("utf-8")) > 255 or any(c in value for c in "\0\t\r\n:"):
+            raise UserDBError(f"invalid {what} (at most 255 bytes, no control characters or ':')")
+    if not name:
+        raise UserDBError("empty user name")
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on an exception) on an autocommit connection."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
