@@ -32,6 +32,7 @@ from pathlib import Path
 
 from smarthost.config import Config, ConfigError, load
 from smarthost.config.mastercf import listen_addresses
+from smarthost.inbound.limits import ClientCounts, WorkerCounts
 from smarthost.inbound.policy import Policy, PolicyError, PolicySettings
 from smarthost.inbound.server import Listener, Worker
 from smarthost.maillog import MailLog
@@ -74,7 +75,7 @@ def build_listener(service, cfg: Config) -> Listener:
                          " (smarthost cert selfsigned makes a pair)")
     tables = partial(open_table, config_dir=cfg.config_dir)
     networks = {}
-    for name in ("mynetworks", "smtpd_client_event_limit_exceptions"):
+    for name in ("mynetworks", "smtpd_client_event_limit_exceptions", "smtpd_forbid_bare_newline_exclusions"):
         try:
             networks[name] = NetworkList.parse(p[name], open_table=tables)
         except (ValueError, TableError) as exc:
@@ -123,6 +124,7 @@ def build_listener(service, cfg: Config) -> Listener:
         soft_error_limit=p["smtpd_soft_error_limit"],
         connection_limit=p["smtpd_client_connection_count_limit"],
         limit_exceptions=networks["smtpd_client_event_limit_exceptions"],
+        bare_newline_exclusions=networks["smtpd_forbid_bare_newline_exclusions"],
         tls_loglevel=p["smtpd_tls_loglevel"],
         tls_received_header=p["smtpd_tls_received_header"],
     )
@@ -188,7 +190,7 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
+def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts) -> None:
     """Entry point of a forked worker; never returns."""
     status = 0
     try:
@@ -199,7 +201,7 @@ def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         maillog.set_process("smtpd")
         _event_loop_policy()
-        asyncio.run(_worker(runtime, sockets, maillog))
+        asyncio.run(_worker(runtime, sockets, maillog, counts))
     except BaseException:  # noqa: BLE001 - a worker must report and exit, never return into the master
         import traceback
 
@@ -210,11 +212,11 @@ def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
         os._exit(status)
 
 
-async def _worker(runtime: Runtime, sockets: dict, maillog: MailLog) -> None:
+async def _worker(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts) -> None:
     loop = asyncio.get_running_loop()
     params = runtime.config.params
     store = QueueStore(Path(params["queue_directory"]), large_body_threshold=params["queue_large_body_threshold"])
-    worker = Worker(store, maillog, loop)
+    worker = Worker(store, maillog, loop, counts)
     maillog.attach(loop)
     stop = asyncio.Event()
     grace = {"seconds": STOP_GRACE}
@@ -241,7 +243,8 @@ class Master:
     def __init__(self, config_dir: Path) -> None:
         self.config_dir = config_dir
         self.sockets: dict[tuple[str | None, int], socket.socket] = {}
-        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (generation, started)
+        self.workers: dict[int, tuple[int, float, int]] = {}  # pid -> (generation, started, counts row)
+        self.counts = ClientCounts()
         self.generation = 0
         self.runtime: Runtime | None = None
         self.maillog: MailLog | None = None
@@ -318,10 +321,11 @@ class Master:
         sockets = {a: self.sockets[a] for _, addrs in self.runtime.bindings for a in addrs}
         self.maillog.flush()
         sys.stderr.flush()
+        row = self.counts.allocate_row()
         pid = os.fork()
         if pid == 0:
-            worker_main(self.runtime, sockets, self.maillog)
-        self.workers[pid] = (self.generation, time.monotonic())
+            worker_main(self.runtime, sockets, self.maillog, self.counts.bind(row))
+        self.workers[pid] = (self.generation, time.monotonic(), row)
 
     def _supervise(self) -> int:
         stopping = False
@@ -356,7 +360,7 @@ class Master:
             self.maillog.error(f"reload failed, keeping the running configuration: {exc}")
             return
         self.runtime = runtime
-        old = [pid for pid, (gen, _) in self.workers.items() if gen == self.generation]
+        old = [pid for pid, (gen, _, _) in self.workers.items() if gen == self.generation]
         self._spawn_generation()
         for pid in old:
             _kill(pid, signal.SIGUSR1)  # stop accepting, finish sessions in progress
@@ -370,9 +374,10 @@ class Master:
                 return
             if pid == 0:
                 return
-            gen, started = self.workers.pop(pid, (None, 0.0))
+            gen, started, row = self.workers.pop(pid, (None, 0.0, -1))
             if gen is None:
                 continue
+            self.counts.release_row(row)
             code = os.waitstatus_to_exitcode(status)
             if respawn and gen == self.generation:
                 self.maillog.warning(f"process smtpd pid {pid} exit status {code}; restarting")

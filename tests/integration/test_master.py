@@ -58,20 +58,32 @@ def test_kill_9_under_load_loses_no_acknowledged_message(smarthost):
         assert s.read_body(qid).endswith(body)
 
 
-def test_dead_worker_is_restarted(smarthost):
-    s = smarthost()
-    workers = [p for p in process_tree(s.pid) if p != s.pid]
-    assert len(workers) == 1
-    os.kill(workers[0], signal.SIGKILL)
+def _workers(s, count: int) -> list[int]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        now = [p for p in process_tree(s.pid) if p != s.pid]
-        if now and now != workers:
+        workers = [p for p in process_tree(s.pid) if p != s.pid]
+        if len(workers) == count:
+            return workers
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} workers, found {workers}\n{s.describe()}")
+
+
+def test_dead_worker_is_restarted(smarthost):
+    s = smarthost({"smtpd_worker_processes": "2"})
+    before = _workers(s, 2)
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = [p for p in process_tree(s.pid) if p != s.pid]
+        if len(after) == 2 and before[0] not in after:
             break
         time.sleep(0.1)
-    r = Raw(s.ports[0])
-    assert r.reply()[0] == 220
-    assert "process smtpd pid" in s.log_text() and "restarting" in s.log_text()
+    assert len(after) == 2 and before[0] not in after and before[1] in after
+    for _ in range(4):  # both workers serve
+        r = Raw(s.ports[0])
+        assert r.reply()[0] == 220
+        r.close()
+    assert f"process smtpd pid {before[0]} exit status -9; restarting" in s.log_text()
 
 
 def test_reload_keeps_sessions_and_applies_new_config(smarthost):
@@ -158,3 +170,36 @@ def test_demo_writes_a_config_that_passes_postconf(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "mydestination = $myhostname, $mydomain, localhost" in out.stdout
     assert "warning" not in out.stderr
+
+
+def _served_certificate(port: int) -> bytes:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    r = Raw(port)
+    r.reply()
+    r.cmd("EHLO c")
+    assert r.cmd("STARTTLS")[0] == 220
+    r.starttls(ctx)
+    der = r.sock.getpeercert(binary_form=True)
+    r.close()
+    return der
+
+
+def test_reload_picks_up_a_new_certificate(smarthost):
+    s = smarthost(tls=True)
+    before = _served_certificate(s.ports[0])
+    fresh = s.ca.issue_cert("localhost", "127.0.0.1", "renewed.example.test")
+    fresh.private_key_pem.write_to_path(str(s.config_dir / "key.pem"))
+    fresh.cert_chain_pems[0].write_to_path(str(s.config_dir / "cert.pem"))
+    os.kill(s.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = _served_certificate(s.ports[0])
+        if after != before:
+            break
+        time.sleep(0.2)
+    assert after != before
+    assert b"renewed.example.test" in after

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from peers import free_port
+from peers import free_port, wait_for_text
 
 
 class Raw:
@@ -295,17 +295,26 @@ def test_error_flood_hits_the_hard_limit(smarthost):
     assert r.closed()
 
 
-def test_connection_count_limit(smarthost):
-    s = smarthost({"smtpd_client_connection_count_limit": "2", "smtpd_client_event_limit_exceptions": ""})
-    a, b = Raw(s.ports[0]), Raw(s.ports[0])
-    assert a.reply()[0] == 220 and b.reply()[0] == 220
-    c = Raw(s.ports[0])
-    code, text = c.reply()
-    assert code == 421 and "too many connections from 127.0.0.1" in text
-    a.cmd("QUIT")
+def test_connection_count_limit_counts_across_workers(smarthost):
+    s = smarthost({"smtpd_client_connection_count_limit": "3", "smtpd_client_event_limit_exceptions": "",
+                   "smtpd_worker_processes": "2"})
+    wait_for_text(s.maillog, "disconnect from")  # the start-up probe's connection is over
+    held = []
+    for _ in range(3):
+        r = Raw(s.ports[0])
+        assert r.reply()[0] == 220
+        held.append(r)
+    for _ in range(4):  # whichever worker takes it, the client already has 3
+        extra = Raw(s.ports[0])
+        code, text = extra.reply()
+        assert code == 421 and "too many connections from 127.0.0.1" in text
+        extra.close()
+    held[0].cmd("QUIT")
     time.sleep(0.3)
     d = Raw(s.ports[0])
     assert d.reply()[0] == 220
+    time.sleep(0.2)
+    assert "warning: Connection concurrency limit exceeded: 4 from localhost[127.0.0.1]" in s.log_text()
 
 
 def test_bad_config_stops_the_start_naming_file_and_line(smarthost):
@@ -316,3 +325,26 @@ def test_bad_config_stops_the_start_naming_file_and_line(smarthost):
     proc = subprocess.run(s.command, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert f"{s.config_dir}/main.cf:" in proc.stderr and "message_size_limit" in proc.stderr, proc.stderr
+
+
+def _send_bare_lf_message(port: int) -> tuple[int, str]:
+    r = Raw(port)
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("MAIL FROM:<a@example.org>")
+    r.cmd("RCPT TO:<bob@example.test>")
+    r.cmd("DATA")
+    r.send(b"Subject: lf\r\n\r\nbare\nline\r\n.\r\n")
+    return r.reply()
+
+
+def test_bare_newline_reject_and_its_exclusions(smarthost):
+    strict = smarthost({"smtpd_forbid_bare_newline": "reject", "smtpd_forbid_bare_newline_exclusions": "192.0.2.0/24"})
+    assert _send_bare_lf_message(strict.ports[0]) == (550, "5.5.2 Error: bare <LF> received")
+    assert strict.queue_entries() == []
+    # Postfix's default exclusions are $mynetworks: a loopback client there gets normalize.
+    relaxed = smarthost({"smtpd_forbid_bare_newline": "reject"})
+    code, text = _send_bare_lf_message(relaxed.ports[0])
+    assert code == 250, text
+    body = relaxed.read_body(text.rsplit(" ", 1)[-1])
+    assert body.endswith(b"Subject: lf\r\n\r\nbare\r\nline\r\n")

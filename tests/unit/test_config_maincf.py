@@ -217,7 +217,7 @@ def test_exponential_expansion_is_bounded(tmp_path):
         ("message_size_limit = ten", 'message_size_limit: "ten" is not a number; use a size in bytes, e.g. 10240000'),
         ("smtpd_recipient_limit = -5", 'smtpd_recipient_limit: "-5" is not a number; use a whole number, e.g. 1000'),
         ("smtpd_tls_loglevel = 5", "smtpd_tls_loglevel: 5 is out of range; use a number from 0 to 4"),
-        ("smtpd_worker_processes = 0", "smtpd_worker_processes: 0 is out of range; use a number from 1 or more"),
+        ("smtpd_worker_processes = 0", "smtpd_worker_processes: 0 is out of range; use a number from 1 to 32"),
         ("smtpd_tls_auth_only = maybe", 'smtpd_tls_auth_only: "maybe" is not yes or no; use yes or no'),
         (
             "smtpd_timeout = 5 minutes",

@@ -278,7 +278,7 @@ def test_invalid_hostnames(name):
         (dict(client_restrictions=["check_client_access"]), "smtpd_client_restrictions: check_client_access needs a table argument, e.g. check_client_access texthash:/etc/smarthost/access"),
         (dict(client_restrictions=["check_client_access", "reject"]), "smtpd_client_restrictions: check_client_access needs a table argument"),
         (dict(client_restrictions=["texthash:/etc/x"]), 'smtpd_client_restrictions: table "texthash:/etc/x" without a check_*_access restriction before it'),
-        (dict(client_restrictions=["check_client_access hash:/etc/postfix/access"]), 'smtpd_client_restrictions: check_client_access hash:/etc/postfix/access: unsupported table type "hash"'),
+        (dict(client_restrictions=["check_client_access nosuch:/etc/postfix/access"]), 'smtpd_client_restrictions: check_client_access nosuch:/etc/postfix/access: unsupported table type "nosuch"'),
         (dict(recipient_restrictions=["check_recipient_access inline:{ a=b"]), 'smtpd_recipient_restrictions: missing "}"'),
         (dict(mydestination=["/nonexistent/mydestination"]), "mydestination: list file: cannot read /nonexistent/mydestination"),
         (dict(inet_addresses_for_ip_literals=["mail.example.com"]), 'inet_interfaces: "mail.example.com" is not an IP address'),

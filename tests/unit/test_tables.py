@@ -24,9 +24,10 @@ def write(path: Path, text: str | bytes) -> Path:
 
 def test_unknown_type_names_it_and_lists_known_types():
     with pytest.raises(TableError) as e:
-        open_table("hash:/etc/postfix/access")
+        open_table("nosuch:/etc/postfix/access")
     assert str(e.value) == (
-        'unsupported table type "hash" in "hash:/etc/postfix/access"; known types: cidr, inline, static, texthash'
+        'unsupported table type "nosuch" in "nosuch:/etc/postfix/access"; known types: btree, cidr, hash, inline,'
+        " lmdb, pcre, pgsql, regexp, sqlite, static, texthash"
     )
 
 

@@ -7,27 +7,27 @@ of its own) it keeps an argon2id hash for plaintext mechanisms, SCRAM-SHA-256 an
 verifiers (RFC 5802 §3: salt, iteration count, StoredKey, ServerKey; never the password) and when
 the entry was created and last changed.
 
-The SCRAM verifiers are computed with ``scramp`` here (RFC 5802 §3, SASLprep'd password per
-RFC 4013, 4096 iterations at least as RFC 7677 §4 asks).
+The SCRAM verifiers come from ``smarthost.sasl.scram.scram_verifier`` (RFC 5802 §3, SASLprep'd
+password per RFC 4013), with a fresh 16-byte salt and 4096 iterations (RFC 7677 §4's minimum).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
-
-import scramp
+from typing import Iterator
 
 from smarthost.authd import passwords
+from smarthost.sasl.scram import MIN_ITERATIONS, SCRAM_MECHANISMS, ScramCredentials, scram_verifier
 
-SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
-SCRAM_ITERATIONS = 4096
+SCRAM_ITERATIONS = MIN_ITERATIONS
+SALT_BYTES = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -53,13 +53,6 @@ CREATE TABLE IF NOT EXISTS scram (
 
 class UserDBError(Exception):
     """A user database operation that can not be done (the message names user and file only)."""
-
-
-class ScramCredentials(NamedTuple):
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
 
 
 @dataclass(frozen=True)
@@ -217,10 +210,12 @@ class UserDB:
 
 
 def _scram_verifier(mechanism: str, password: str) -> ScramCredentials:
-    salt, stored_key, server_key, iterations = scramp.ScramMechanism(mechanism).make_auth_info(
-        password, iteration_count=SCRAM_ITERATIONS
-    )
-    return ScramCredentials(salt, iterations, stored_key, server_key)
+    salt = secrets.token_bytes(SALT_BYTES)
+    try:
+        stored_key, server_key = scram_verifier(password, mechanism, salt, SCRAM_ITERATIONS)
+    except ValueError as e:  # SASLprep refuses the password; the message does not repeat it
+        raise UserDBError(str(e)) from None
+    return ScramCredentials(salt, SCRAM_ITERATIONS, stored_key, server_key)
 
 
 def _label(name: str, realm: str) -> str:

@@ -15,7 +15,8 @@ Decisions taken here:
   as Postfix does with ``smtpd_peername_lookup = no``.
 - ``smtpd_timeout`` bounds every wait for client input (idle time between reads), checked by
   one sweep per second rather than a timer per read.
-- ``smtpd_client_connection_count_limit`` is enforced per worker process.
+- ``smtpd_client_connection_count_limit`` counts a client's connections across all worker
+  processes and all services (``inbound/limits.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import ssl
 import time
 from dataclasses import dataclass, replace
 
+from smarthost.inbound.limits import WorkerCounts
 from smarthost.inbound.policy import ClientFacts, Policy
 from smarthost.maillog import MailLog, client_label
 from smarthost.netaddr import NetworkList
@@ -73,6 +75,7 @@ class Listener:
     soft_error_limit: int
     connection_limit: int
     limit_exceptions: NetworkList
+    bare_newline_exclusions: NetworkList  # clients for whom "reject" relaxes to "normalize"
     tls_loglevel: int
     tls_received_header: bool
 
@@ -86,12 +89,13 @@ class _Stats:
 class Worker:
     """The SMTP side of one worker process: sessions, shared counters, shutdown."""
 
-    def __init__(self, store: QueueStore, maillog: MailLog, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: QueueStore, maillog: MailLog, loop: asyncio.AbstractEventLoop,
+                 counts: WorkerCounts) -> None:
         self.loop = loop  # kept: asyncio.get_running_loop() costs a getpid() syscall per call
         self.store = store
         self.maillog = maillog
+        self.counts = counts  # connections per client, across all workers
         self.sessions: set[Session] = set()
-        self.per_client: dict[str, int] = {}
         self.servers: list[asyncio.base_events.Server] = []
         self.stats = _Stats()
         self._sweeper: asyncio.Task | None = None
@@ -199,12 +203,13 @@ class Session(asyncio.Protocol):
         if listener.wrappermode:
             self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"))
             self._log_tls()
-        self.conn = ServerConnection(listener.settings, tls_active=listener.wrappermode)
+        settings = listener.settings
+        if settings.bare_newline == "reject" and listener.bare_newline_exclusions.contains(address):
+            settings = replace(settings, bare_newline="normalize")
+        self.conn = ServerConnection(settings, tls_active=listener.wrappermode)
         self.facts = ClientFacts(address=address, name=name, helo="", sasl_username=None,
                                  tls=self.tls is not None)
-        per_client = self.worker.per_client
-        count = per_client.get(address, 0) + 1
-        per_client[address] = count
+        count = self.worker.counts.opened(address)
         self._counted = True
         limit = listener.connection_limit
         if limit and count > limit and not listener.limit_exceptions.contains(address):
@@ -234,12 +239,7 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
-            per_client = self.worker.per_client
-            left = per_client.get(self.address, 1) - 1
-            if left > 0:
-                per_client[self.address] = left
-            else:
-                per_client.pop(self.address, None)
+            self.worker.counts.closed(self.address)
             self._counted = False
         conn = self.conn
         if conn is not None:

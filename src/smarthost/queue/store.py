@@ -296,8 +296,9 @@ class QueueStore:
         self._conn_lock = threading.Lock()
         self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop submit() last ran on
+        self._iteration_items: list[_Pending] = []  # submitted during this loop iteration
         self._submit_lock = threading.Lock()
         self._closed = False
         self._commits = self._messages = self._failed_commits = self._largest_batch = 0
@@ -375,8 +376,23 @@ class QueueStore:
             await loop.run_in_executor(None, self._write_body_file, item.body_file, body)
         item.waiter = loop.create_future()
         item.loop = loop
-        self._enqueue(item)
+        # Hand the messages of one loop iteration to the committer together: one wakeup, and
+        # a batch even when the disk syncs faster than messages arrive (no timer involved).
+        if not self._iteration_items:
+            loop.call_soon(self._hand_over)
+        self._iteration_items.append(item)
         return await item.waiter
+
+    def _hand_over(self) -> None:
+        items, self._iteration_items = self._iteration_items, []
+        if not items:  # close() took them already
+            return
+        try:
+            self._enqueue(items)
+        except QueueError as exc:
+            for item in items:
+                if not item.waiter.done():
+                    item.waiter.set_exception(exc)
 
     def submit_sync(
         self, envelope: Envelope, body: bytes, *, queue_id: str | None = None
@@ -387,7 +403,7 @@ class QueueStore:
             self._write_body_file(item.body_file, body)
         waiter: concurrent.futures.Future[str] = concurrent.futures.Future()
         item.waiter = waiter
-        self._enqueue(item)
+        self._enqueue([item])
         return waiter.result()
 
     def _prepare(self, envelope: Envelope, body: bytes, queue_id: str | None) -> _Pending:
@@ -443,13 +459,14 @@ class QueueStore:
         except OSError as exc:
             log.warning("cannot remove body file %s: %s", self.directory / name, exc.strerror)
 
-    def _enqueue(self, item: _Pending) -> None:
+    def _enqueue(self, items: list[_Pending]) -> None:
         with self._submit_lock:
             if not self._closed:
-                self._pending.put(item)
+                self._pending.put(items)
                 return
-        if item.body_file is not None:
-            self._remove_body_file(item.body_file)
+        for item in items:
+            if item.body_file is not None:
+                self._remove_body_file(item.body_file)
         raise QueueError("queue store is closed")
 
     # -- the committer thread ------------------------------------------------
@@ -464,7 +481,7 @@ class QueueStore:
                 if item is None:
                     closing = True
                 else:
-                    batch.append(item)
+                    batch.extend(item)
                 try:
                     item = pending.get_nowait()
                 except queue.Empty:
@@ -704,6 +721,9 @@ class QueueStore:
         with self._submit_lock:
             if self._closed:
                 return
+            if self._iteration_items:  # submitted, but the loop has not handed them over yet
+                items, self._iteration_items = self._iteration_items, []
+                self._pending.put(items)
             self._closed = True
             self._pending.put(None)
         self._thread.join()

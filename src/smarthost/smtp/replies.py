@@ -9,6 +9,7 @@ the wording is in one place.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 
@@ -103,3 +104,18 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Error: message file too big")
 BARE_LF = Reply(550, "5.5.2", "Error: bare <LF> received")
 SYNCHRONIZATION = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")
 TOO_MUCH_INPUT = Reply(421, "4.7.0", "Error: too much pipelined input")
+
+# SMTP AUTH (RFC 4954 §4, §6; texts as Postfix words them).
+AUTH_SUCCESSFUL = Reply(235, "2.7.0", "Authentication successful")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
+UNSUPPORTED_MECHANISM = Reply(504, "5.5.4", "Unsupported authentication mechanism")
+CANNOT_DECODE = Reply(501, "5.5.2", "Cannot decode response")
+AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")
+AUTH_FAILED = Reply(535, "5.7.8", "Error: authentication failed: authentication failure")
+AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
+
+
+def auth_challenge(data: bytes) -> Reply:
+    """``334 <base64>``: a server challenge (RFC 4954 §4); empty data gives ``334 `` and nothing after."""
+    return Reply(334, None, base64.b64encode(data).decode("ascii"))

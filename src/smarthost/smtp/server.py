@@ -12,7 +12,8 @@ The core answers by itself everything that needs no policy: syntax, command
 sequence, RSET/NOOP/HELP/QUIT, limits, pipelining synchronization and the
 STARTTLS dance (RFC 3207 §4.2: plaintext pipelined after STARTTLS is thrown
 away, never executed — CVE-2011-0411).  It asks the shell about HELO/EHLO,
-MAIL, RCPT, DATA, the received message and (when enabled) VRFY.
+MAIL, RCPT, DATA, the received message, (when enabled) VRFY, and the SASL
+steps of AUTH (RFC 4954).
 
 Event types and when they come:
 
@@ -23,6 +24,8 @@ Event types and when they come:
 ``DataCommand``        decision; default ``354 End data with <CR><LF>.<CR><LF>``
 ``MessageReceived``    decision; the shell passes ``250 2.0.0 Ok: queued as ID``
 ``Vrfy``               decision (only when ``vrfy_enabled``)
+``AuthStart``          AUTH step: answer ``auth_challenge`` / ``auth_success`` / ``auth_fail``
+``AuthResponse``       AUTH step: the client's decoded answer to a challenge; same answers
 ``StartTLS``           220 queued; flush, handshake, then ``tls_established()``
 ``Quit``               221 queued; flush and close
 ``Closing``            a final 421/554 is queued (also at EOF); flush and close
@@ -46,10 +49,44 @@ Choices made here:
   not advertised until the queue can honour them.
 * QUIT, NOOP and HELP accept and ignore arguments; RSET, DATA and STARTTLS
   with arguments get ``501``.
+
+AUTH (RFC 4954):
+
+* Without ``auth_mechanisms`` AUTH is an unknown command (``500``), as it
+  was before AUTH existed.  (Postfix answers ``503 5.5.1 Error:
+  authentication not enabled``; a server that offers no AUTH extension does
+  not know the verb.)
+* The core checks everything that needs no credentials: sequence (after
+  HELO/EHLO, not in a transaction, not twice), TLS (``auth_requires_tls``:
+  ``530`` and no event, credentials never looked at), the mechanism
+  (``504``), base64 (``501 5.5.2``), ``*`` (``501 5.7.0``, §4) and the
+  response length (``500 5.5.6``; the rest of the line is discarded, so
+  memory stays bounded).  The shell runs the SASL mechanism and answers each
+  ``AuthStart`` / ``AuthResponse`` with ``auth_challenge``, ``auth_success``
+  or ``auth_fail``.  While an exchange runs, input lines are responses, not
+  commands.
+* An AUTH command line may be longer than ``max_command_line`` by up to
+  ``max_sasl_response`` octets: it can carry an initial response (§4).
+* Pipelining (§4): AUTH ends a pipelined group, except ``AUTH PLAIN`` and
+  ``AUTH EXTERNAL`` with an initial response (one round trip, no security
+  layer): commands sent after those run once the shell has answered.  A
+  response line must not be followed by more input either (the client
+  waits for the 334/235).  With ``forbid_unauth_pipelining`` a violation
+  gets ``554 5.5.0`` and the session ends, as for other commands.
+* Every AUTH for an offered mechanism that passes the sequence and TLS
+  checks and does not end in ``235`` counts as a failed authentication:
+  cancelled, undecodable, too long, or refused by the shell.  (An AUTH line
+  too long to be parsed at all is a protocol error only.)  After
+  ``max_auth_failures`` of them the session ends with ``421 4.7.0``.  The
+  replies also count towards ``hard_error_limit``.
+* RSET and EHLO keep the authentication; the TLS handshake resets it (and
+  STARTTLS after AUTH is refused with ``503``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import re
 from collections import Counter, deque
@@ -72,11 +109,15 @@ class State(enum.Enum):
     DATA = "data"  # reading the message body
     END_OF_DATA = "end-of-data"  # message complete, waiting for the shell's decision
     TLS_HANDSHAKE = "tls-handshake"  # 220 to STARTTLS queued, waiting for tls_established()
+    AUTH = "auth"  # a SASL exchange is running: lines are responses (RFC 4954 §4)
     CLOSED = "closed"
 
     # Members are singletons compared by identity; hash them in C (the
     # state is looked up in sets and dicts for every command).
     __hash__ = object.__hash__
+
+
+_MECHANISM_NAME = re.compile(r"[A-Z0-9_-]{1,20}")
 
 
 class Signal(enum.Enum):
@@ -103,9 +144,19 @@ class ServerSettings:
     vrfy_enabled: bool = False
     max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, CRLF included
     max_pending_input: int = 1 << 20  # unread command input held; only reached when the shell keeps feeding while PAUSED
-    extra_capabilities: tuple[str, ...] = ()  # EHLO lines added after STARTTLS, e.g. "AUTH PLAIN"
+    extra_capabilities: tuple[str, ...] = ()  # EHLO lines added after STARTTLS and AUTH
+    auth_mechanisms: tuple[str, ...] = ()  # SASL mechanisms offered, upper case; empty: AUTH off
+    auth_requires_tls: bool = True  # smtpd_tls_auth_only: no AUTH (not even advertised) before TLS
+    max_auth_failures: int = 3  # failed AUTH exchanges per session, then 421
+    max_sasl_response: int = 12288  # smtpd_sasl_response_limit: octets of one base64 response line
+    broken_sasl_auth_clients: bool = False  # also advertise the pre-RFC "AUTH=" line (old Outlook)
 
     def __post_init__(self) -> None:
+        for name in self.auth_mechanisms:
+            if not _MECHANISM_NAME.fullmatch(name):
+                raise ValueError(f"bad SASL mechanism name {name!r} (RFC 4422 §3.1: 1-20 of A-Z 0-9 - _)")
+        if self.max_auth_failures < 1 or self.max_sasl_response < 1:
+            raise ValueError("max_auth_failures and max_sasl_response must be at least 1")
         if self.bare_newline not in BARE_NEWLINE_MODES:
             raise ValueError(f"bare_newline must be one of {BARE_NEWLINE_MODES}")
         if self.max_command_line < 64:
@@ -124,6 +175,8 @@ class Session:
     sender: Address | None = None
     mail_params: MailParams | None = None
     recipients: list[RcptTo] = field(default_factory=list)
+    authenticated: str | None = None  # the SASL user name after 235
+    auth_mechanism: str | None = None  # the mechanism that succeeded
 
 
 # Events ---------------------------------------------------------------------
@@ -176,6 +229,28 @@ class Quit:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthStart:
+    """AUTH passed the core's checks.  ``initial_response`` is decoded; ``None`` when the client sent none."""
+
+    mechanism: str  # upper case, one of ServerSettings.auth_mechanisms
+    initial_response: bytes | None
+
+    def __repr__(self) -> str:  # the response may hold a password
+        size = "none" if self.initial_response is None else f"{len(self.initial_response)} bytes"
+        return f"AuthStart({self.mechanism}, <initial response: {size}>)"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """The client's decoded answer to the last challenge."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"AuthResponse(<{len(self.data)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
 class Closing:
     reply: Reply  # already queued
     reason: str  # "eof", "too many errors", "protocol synchronization", "pre-greeting input", "too much input"
@@ -189,8 +264,11 @@ class ProtocolError:
     detail: str = ""
 
 
-Event = Union[Helo, MailFrom, RcptTo, DataCommand, MessageReceived, StartTLS, Vrfy, Quit, Closing, ProtocolError]
-Decision = Union[Helo, MailFrom, RcptTo, DataCommand, MessageReceived, Vrfy]
+Event = Union[
+    Helo, MailFrom, RcptTo, DataCommand, MessageReceived, StartTLS, Vrfy, Quit, Closing, ProtocolError,
+    AuthStart, AuthResponse,
+]
+Decision = Union[Helo, MailFrom, RcptTo, DataCommand, MessageReceived, Vrfy, AuthStart, AuthResponse]
 
 # The command table ----------------------------------------------------------
 
@@ -207,6 +285,10 @@ class _Command:
 
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _UTF8_VERBS = frozenset({"MAIL", "RCPT"})  # RFC 6531 §3.3: UTF-8 only in paths
+# RFC 4954 §4: AUTH with an initial response may be followed by pipelined
+# commands only for one-round-trip mechanisms without a security layer.
+_ONE_ROUND_TRIP = frozenset({"PLAIN", "EXTERNAL"})
+_AUTH_PREFIX_LEN = 32  # room for "AUTH " + a 20-octet mechanism + " " + CRLF on an AUTH line
 
 
 class ServerConnection:
@@ -230,6 +312,9 @@ class ServerConnection:
         self._pending: Decision | None = None
         self._late_input = False  # input arrived where the client had to wait for a reply
         self._eof = False
+        self.auth_failures = 0  # failed AUTH exchanges in this session
+        self._auth_mechanism: str | None = None  # the mechanism of the exchange in progress
+        self._auth_may_pipeline = False  # the pending AuthStart may be followed by commands
 
     # The shell's interface ------------------------------------------------
 
@@ -272,7 +357,12 @@ class ServerConnection:
         if self._pending is not None and self.settings.forbid_unauth_pipelining:
             # The client had to wait for the reply to a group-ending command
             # (or to any command without PIPELINING, RFC 2920 §3.1).
-            if isinstance(self._pending, (Helo, DataCommand, Vrfy)) or not self.session.esmtp:
+            pending = self._pending
+            if (
+                isinstance(pending, (Helo, DataCommand, Vrfy, AuthResponse))
+                or not self.session.esmtp
+                or (isinstance(pending, AuthStart) and not self._auth_may_pipeline)
+            ):
                 self._late_input = True
         if self.state is State.DATA:
             assert self._framer is not None
@@ -298,6 +388,8 @@ class ServerConnection:
                 progressed = self._read_command()
             elif state is State.DATA:
                 progressed = self._read_data()
+            elif state is State.AUTH:
+                progressed = self._read_auth_response()
             elif state is State.CONNECTED and len(self._buf) > self._pos:
                 if self.settings.forbid_unauth_pipelining:
                     self._close(replies.SYNCHRONIZATION, "pre-greeting input")
@@ -365,6 +457,38 @@ class ServerConnection:
         self.failures[_decision_verb(event)] += 1
         self._decided(reply)
 
+    def auth_challenge(self, data: bytes) -> None:
+        """Answer the pending AUTH step with ``334 base64(data)``; the next line is the client's response."""
+        if self._take_auth() is None:
+            return
+        if self._late_input:
+            # The client did not wait for this challenge (RFC 4954 §4).
+            self._close(replies.SYNCHRONIZATION, "protocol synchronization")
+            return
+        self._send(replies.auth_challenge(data))
+
+    def auth_success(self, username: str) -> None:
+        """End the exchange with ``235 2.7.0``: the session is authenticated as ``username``."""
+        if self._take_auth() is None:
+            return
+        self.session.authenticated = username
+        self.session.auth_mechanism = self._auth_mechanism
+        self._auth_mechanism = None
+        self.state = State.GREETED
+        self._decided(replies.AUTH_SUCCESSFUL)
+
+    def auth_fail(self, reply: Reply) -> None:
+        """End the exchange with a 4xx/5xx ``reply`` (e.g. ``replies.AUTH_FAILED``); counts a failure."""
+        if not reply.is_error:
+            raise ValueError("auth_fail() needs a 4xx or 5xx reply")
+        if self._take_auth() is None:
+            return
+        self.state = State.GREETED
+        self._auth_mechanism = None
+        self.failures["auth"] += 1
+        self._decided(reply)
+        self._count_auth_failure()
+
     def tls_established(self) -> None:
         """The shell finished the TLS handshake: start a fresh session (RFC 3207 §4.2)."""
         self._expect_state(State.TLS_HANDSHAKE)
@@ -377,7 +501,7 @@ class ServerConnection:
         return out
 
     def capabilities(self) -> list[str]:
-        """EHLO keywords (RFC 5321 §4.1.1.1); override or use extra_capabilities to add AUTH."""
+        """EHLO keywords (RFC 5321 §4.1.1.1); AUTH only where it may be used (not before TLS when required)."""
         settings = self.settings
         caps = ["PIPELINING"]  # RFC 2920
         caps.append(f"SIZE {settings.max_message_size}" if settings.max_message_size else "SIZE")  # RFC 1870
@@ -385,6 +509,11 @@ class ServerConnection:
             caps.append("VRFY")
         if settings.starttls_available and not self.session.tls_active:
             caps.append("STARTTLS")  # RFC 3207
+        if settings.auth_mechanisms and not self._auth_needs_tls():
+            mechanisms = " ".join(settings.auth_mechanisms)
+            caps.append(f"AUTH {mechanisms}")  # RFC 4954 §3
+            if settings.broken_sasl_auth_clients:
+                caps.append(f"AUTH={mechanisms}")  # what clients from before RFC 2554 look for
         caps.extend(settings.extra_capabilities)
         caps += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]  # RFC 2034, 6152, 6531
         return caps
@@ -401,25 +530,85 @@ class ServerConnection:
             self._skipping_line = lf < 0
             return lf >= 0
         if lf < 0:
-            if len(buf) - pos <= limit:
+            if len(buf) - pos <= limit or self._long_auth_line_fits(buf, pos, len(buf) - pos):
                 return False
             # RFC 5321 §4.5.3.1.4; answer now, then drop the line up to its LF.
             self._pos = len(buf)
             self._skipping_line = True
-            self._line_too_long()
+            self._line_too_long(buf, pos)
             return True
         self._pos = lf + 1
-        if lf + 1 - pos > limit:
-            self._line_too_long()
+        if lf + 1 - pos > limit and not self._long_auth_line_fits(buf, pos, lf + 1 - pos):
+            self._line_too_long(buf, pos)
             return True
         bare_lf = lf == pos or buf[lf - 1] != 0x0D
         self._command(bytes(buf[pos : lf if bare_lf else lf - 1]), bare_lf)
         return True
 
-    def _line_too_long(self) -> None:
+    def _long_auth_line_fits(self, buf: bytearray, pos: int, length: int) -> bool:
+        """An AUTH line may carry an initial response (RFC 4954 §4): allow it up to its own limit."""
+        return self._is_auth_line(buf, pos) and length <= self.settings.max_sasl_response + _AUTH_PREFIX_LEN
+
+    def _is_auth_line(self, buf: bytearray, pos: int) -> bool:
+        return bool(self.settings.auth_mechanisms) and buf[pos : pos + 5].upper() == b"AUTH "
+
+    def _line_too_long(self, buf: bytearray, pos: int) -> None:
+        if self._is_auth_line(buf, pos):
+            self.counters["auth"] += 1
+            self.last_verb = "AUTH"
+            self._error("AUTH", replies.AUTH_LINE_TOO_LONG)
+            return
         self.counters["unknown"] += 1
         self.last_verb = "UNKNOWN"
         self._error("UNKNOWN", replies.LINE_TOO_LONG)
+
+    def _read_auth_response(self) -> bool:
+        """Handle one response line of a running AUTH exchange (RFC 4954 §4)."""
+        buf, pos = self._buf, self._pos
+        limit = self.settings.max_sasl_response + 2  # CRLF
+        lf = buf.find(b"\n", pos)
+        if lf < 0:
+            if len(buf) - pos <= limit:
+                return False
+            # Answer now and discard the rest of the line as it arrives: memory stays bounded.
+            self._pos = len(buf)
+            self._skipping_line = True
+            self._end_auth(replies.AUTH_LINE_TOO_LONG, "response too long")
+            return True
+        self._pos = lf + 1
+        if lf + 1 - pos > limit:
+            self._end_auth(replies.AUTH_LINE_TOO_LONG, "response too long")
+            return True
+        if self.settings.forbid_unauth_pipelining and self._pos < len(buf):
+            self._close(replies.SYNCHRONIZATION, "protocol synchronization")
+            return True
+        line = bytes(buf[pos : lf - 1 if lf > pos and buf[lf - 1] == 0x0D else lf])
+        if line == b"*":
+            self._end_auth(replies.AUTH_ABORTED, "cancelled by the client")
+            return True
+        data = _decode_base64(line)
+        if data is None:
+            self._end_auth(replies.CANNOT_DECODE, "response is not base64")
+        else:
+            self._ask(AuthResponse(data))
+        return True
+
+    def _end_auth(self, reply: Reply, detail: str) -> None:
+        """The core ends a running exchange by itself: a failed authentication."""
+        self.state = State.GREETED
+        self._auth_mechanism = None
+        self._error("AUTH", reply, detail)
+        self._count_auth_failure()
+
+    def _count_auth_failure(self) -> None:
+        self.auth_failures += 1
+        if self.auth_failures >= self.settings.max_auth_failures and not self.closed:
+            reply = Reply(421, "4.7.0", f"{self.settings.hostname} Error: too many failed authentications")
+            self._close(reply, "too many failed authentications")
+
+    def _auth_needs_tls(self) -> bool:
+        settings = self.settings
+        return (settings.auth_requires_tls or settings.tls_required) and not self.session.tls_active
 
     def _command(self, raw: bytes, bare_lf: bool) -> None:
         try:
@@ -431,6 +620,8 @@ class ServerConnection:
                 line = ""
         verb, argument = split_command(line)
         command = _COMMANDS.get(verb)
+        if command is _AUTH_COMMAND and not self.settings.auth_mechanisms:
+            command = None  # without mechanisms the server does not know AUTH (RFC 5321 §4.2.4: 500)
         self.counters[verb.lower() if command else "unknown"] += 1
         self.last_verb = verb if command else "UNKNOWN"
         if (
@@ -562,6 +753,8 @@ class ServerConnection:
             self._error("STARTTLS", replies.syntax("STARTTLS"))
         elif self.session.tls_active:
             self._error("STARTTLS", replies.TLS_ALREADY_ACTIVE)
+        elif self.session.authenticated is not None:
+            self._error("STARTTLS", replies.ALREADY_AUTHENTICATED)
         elif not self.settings.starttls_available:
             self._error("STARTTLS", replies.NOT_IMPLEMENTED)
         else:
@@ -574,6 +767,35 @@ class ServerConnection:
                 detail = f"discarded {discarded} bytes pipelined after STARTTLS"
                 self._events.append(ProtocolError("STARTTLS", replies.READY_TO_START_TLS, detail))
             self._events.append(StartTLS())
+
+    def _auth(self, argument: str) -> None:
+        settings = self.settings
+        mechanism, _, response = argument.partition(" ")
+        mechanism = mechanism.upper()
+        may_pipeline = bool(response) and mechanism in _ONE_ROUND_TRIP
+        if settings.forbid_unauth_pipelining and self._pos < len(self._buf) and not may_pipeline:
+            self._close(replies.SYNCHRONIZATION, "protocol synchronization")
+        elif self.session.authenticated is not None:
+            self._error("AUTH", replies.ALREADY_AUTHENTICATED)  # RFC 4954 §4
+        elif self._auth_needs_tls():
+            self._error("AUTH", replies.MUST_STARTTLS)  # the credentials are not looked at
+        elif not mechanism or " " in response:
+            self._error("AUTH", replies.syntax("AUTH mechanism [initial-response]"))
+        elif mechanism not in settings.auth_mechanisms:
+            self._error("AUTH", replies.UNSUPPORTED_MECHANISM)
+        else:
+            self.state = State.AUTH
+            self._auth_mechanism = mechanism
+            if len(response) > settings.max_sasl_response:
+                self._end_auth(replies.AUTH_LINE_TOO_LONG, "initial response too long")
+                return
+            # RFC 4954 §4: "=" is an empty initial response.
+            initial = None if not response else b"" if response == "=" else _decode_base64(response.encode())
+            if response and initial is None:
+                self._end_auth(replies.CANNOT_DECODE, "initial response is not base64")
+                return
+            self._auth_may_pipeline = may_pipeline
+            self._ask(AuthStart(mechanism, initial))
 
     # Helpers -----------------------------------------------------------------
 
@@ -591,6 +813,18 @@ class ServerConnection:
             if self.closed:
                 return None
             raise RuntimeError("no event is waiting for a decision")
+        if isinstance(event, (AuthStart, AuthResponse)):
+            raise RuntimeError("answer AUTH steps with auth_challenge(), auth_success() or auth_fail()")
+        self._pending = None
+        return event
+
+    def _take_auth(self) -> AuthStart | AuthResponse | None:
+        """The pending AUTH step, or None when the core closed the session meanwhile."""
+        event = self._pending
+        if not isinstance(event, (AuthStart, AuthResponse)):
+            if event is None and self.closed:
+                return None
+            raise RuntimeError("no AUTH step is waiting for an answer")
         self._pending = None
         return event
 
@@ -602,9 +836,9 @@ class ServerConnection:
             self._close(replies.SYNCHRONIZATION, "protocol synchronization")
         self._late_input = False
 
-    def _error(self, verb: str, reply: Reply) -> None:
+    def _error(self, verb: str, reply: Reply, detail: str = "") -> None:
         self._send(reply)
-        self._events.append(ProtocolError(verb, reply))
+        self._events.append(ProtocolError(verb, reply, detail))
         self.failures[verb.lower()] += 1
         self._count_error()
 
@@ -648,6 +882,13 @@ def _not_implemented(verb: str) -> Callable[[ServerConnection, str], None]:
         conn._error(verb, replies.NOT_IMPLEMENTED)
 
     return handler
+
+
+def _decode_base64(text: bytes) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
 
 
 def _decision_verb(event: Decision) -> str:
@@ -700,4 +941,12 @@ _COMMANDS: dict[str, _Command] = {
     "TURN": _Command(_not_implemented("TURN"), ends_group=True, needs_tls=True, refused=_ANY),
     "ETRN": _Command(_not_implemented("ETRN"), ends_group=False, needs_tls=True, refused=_ANY),
     "STARTTLS": _Command(ServerConnection._starttls, ends_group=True, needs_tls=False, refused=_TRANSACTION),
+    # ends_group is decided by _auth itself (RFC 4954 §4).
+    "AUTH": _Command(
+        ServerConnection._auth,
+        ends_group=False,
+        needs_tls=True,
+        refused={State.AWAIT_HELO: replies.NEED_HELO, **_TRANSACTION},
+    ),
 }
+_AUTH_COMMAND = _COMMANDS["AUTH"]

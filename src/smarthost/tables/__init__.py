@@ -2,9 +2,10 @@
 
 Access maps, relay credentials, aliases and transports are all tables. A table is opened from a
 Postfix-style ``type:name`` string through :func:`open_table`; new types plug in with
-:func:`register_table_type`. The built-in types are ``texthash`` (a plain ``key value`` file, re-read
-when it changes), ``inline`` (``inline:{ key=value, ... }``), ``static`` (``static:value``) and ``cidr``
-(first matching network in a file).
+:func:`register_table_type`. The built-in types: ``texthash`` (a plain ``key value`` file, re-read
+when it changes), ``hash``/``btree``/``lmdb`` (the same source compiled by ``smarthost postmap`` into
+one LMDB file), ``inline`` (``inline:{ key=value, ... }``), ``static`` (``static:value``), ``cidr``
+(first matching network in a file), ``regexp``/``pcre``, ``sqlite`` and ``pgsql``.
 """
 
 from __future__ import annotations
@@ -146,12 +147,24 @@ def _builtins() -> dict[str, TableOpener]:
     """The registry, with the built-in types added on first use (importing them here at module
     load would be circular: cidr uses netaddr, which uses this module)."""
     if not _registry:
-        from smarthost.tables import cidr, inline, static, texthash
+        from functools import partial
+
+        from smarthost.tables import cidr, inline, lmdbtable, regexp, sqlite, static, texthash
+
+        def open_pgsql(name: str, config_dir: Path | None) -> Table:
+            from smarthost.tables.pgsql import open_pgsql  # psycopg takes 0.1 s to import: only when used
+
+            return open_pgsql(name, config_dir)
 
         _registry.update(
             texthash=texthash.open_texthash,
             inline=inline.open_inline,
             static=static.open_static,
             cidr=cidr.open_cidr,
+            regexp=regexp.open_regexp,
+            pcre=regexp.open_pcre,
+            sqlite=sqlite.open_sqlite,
+            pgsql=open_pgsql,
         )
+        _registry.update({t: partial(lmdbtable.open_indexed, t) for t in lmdbtable.INDEXED_TYPES})
     return _registry

@@ -22,7 +22,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,22 +151,47 @@ def _fill(tmp: Path, items: list[tuple[bytes, bytes]], map_size: int) -> bool:
 
 
 def read_entries(db_path: Path) -> dict[str, str]:
-    """Every entry of a compiled file (for ``postmap -i`` and ``-s``)."""
-    env = _open_env(db_path, str(db_path), db_path)
-    try:
-        with env.begin() as txn:
-            return {k.decode(): v.decode() for k, v in txn.cursor()}
-    finally:
-        env.close()
+    """Every entry of a compiled file (for ``postmap -i``)."""
+    env, _ = _shared_env(db_path, str(db_path), db_path)
+    with env.begin() as txn:
+        return {k.decode(): v.decode() for k, v in txn.cursor()}
 
 
-def _open_env(db_path: Path, name: str, source: Path) -> lmdb.Environment:
-    try:
-        return lmdb.open(str(db_path), subdir=False, readonly=True, lock=False, create=False, readahead=False)
-    except lmdb.Error as e:
-        if not db_path.exists():
-            raise TableError(f"{name}: {db_path} does not exist: run smarthost postmap {source}") from None
-        raise TableError(f"{name}: {db_path} is not a table file ({e}): run smarthost postmap {source}") from None
+# LMDB must not open one file twice in a process (its fcntl locks are per process; py-lmdb
+# refuses): tables naming the same compiled file share its environment, closed by the garbage
+# collector when the last table lets go of it.
+_envs: weakref.WeakValueDictionary[tuple[int, int], lmdb.Environment] = weakref.WeakValueDictionary()
+_envs_lock = threading.Lock()
+
+
+def _shared_env(db_path: Path, name: str, source: Path) -> tuple[lmdb.Environment, os.stat_result]:
+    """The environment of the file now at ``db_path``, and that file's stat."""
+    with _envs_lock:
+        for _ in range(5):  # the file is replaced between our stat and LMDB's open: try again
+            try:
+                st = os.stat(db_path)
+            except FileNotFoundError:
+                raise TableError(f"{name}: {db_path} does not exist: run smarthost postmap {source}") from None
+            except OSError as e:
+                raise TableError(f"{name}: cannot read {db_path}: {e.strerror}") from None
+            env = _envs.get((st.st_dev, st.st_ino))
+            if env is not None:
+                return env, st
+            try:
+                env = lmdb.open(str(db_path), subdir=False, readonly=True, lock=False, create=False, readahead=False)
+            except lmdb.Error as e:
+                if "already open" in str(e) or not db_path.exists():
+                    continue
+                raise TableError(f"{name}: {db_path} is not a table file ({e}): run smarthost postmap {source}") from None
+            try:
+                after = os.stat(db_path)
+            except OSError:
+                after = None
+            if after is not None and (after.st_dev, after.st_ino) == (st.st_dev, st.st_ino):
+                _envs[st.st_dev, st.st_ino] = env
+                return env, st
+            env.close()
+    raise TableError(f"{name}: {db_path} keeps changing while being opened; try again")
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:
@@ -190,17 +217,15 @@ class LmdbTable:
         self._check_stale()
 
     def _open(self) -> tuple[lmdb.Environment, tuple[int, int, int]]:
-        try:
-            st = os.stat(self.db_path)  # before opening: a replacement in between is seen next time
-        except FileNotFoundError:
-            raise TableError(f"{self.name}: {self.db_path} does not exist: run smarthost postmap {self.path}") from None
-        except OSError as e:
-            raise TableError(f"{self.name}: cannot read {self.db_path}: {e.strerror}") from None
-        return _open_env(self.db_path, self.name, self.path), _stamp(st)
+        env, st = _shared_env(self.db_path, self.name, self.path)
+        return env, _stamp(st)
 
     def lookup(self, key: str) -> str | None:
         env = self._current()
-        k = (key.lower() if self._fold else key).encode()
+        try:
+            k = (key.lower() if self._fold else key).encode()
+        except UnicodeEncodeError:  # not text (a surrogate-escaped byte): in no table
+            return None
         if not k or len(k) > MAX_KEY_BYTES:
             return None
         try:
@@ -236,7 +261,6 @@ class LmdbTable:
             return
         if _stamp(st) != self._stamp:
             try:
-                # The old environment is closed by the garbage collector once no reader uses it.
                 self._env, self._stamp = self._open()
             except TableError as e:
                 log.error("%s: changed file not loaded: %s", self.name, e)

@@ -1,0 +1,319 @@
+"""``smarthost authd`` on real unix sockets: our clients, ``smarthost testauth`` and ``users``,
+and the failure modes of daemons that are missing, silent or garbled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smarthost.authd.backends import make_backend
+from smarthost.authd.client import AuthStatus, DovecotAuthClient, saslauthd_check
+from smarthost.authd.daemon import AuthDaemon
+from smarthost.cli import main as cli_main
+from smarthost.maillog import MailLog
+
+SMARTHOST = [sys.executable, "-m", "smarthost"]
+PASSWORD = "correct horse"
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise AssertionError(f"{path} never accepted")
+
+
+@pytest.fixture
+def authd(tmp_path):
+    """``smarthost -c CFG authd -m SOCK -d -c`` serving the user database with alice in it."""
+    config = tmp_path / "etc"
+    config.mkdir()
+    subprocess.run([*SMARTHOST, "-c", str(config), "users", "add", "alice"], input=PASSWORD + "\n",
+                   text=True, check=True, capture_output=True)
+    sockdir = tmp_path / "run"
+    proc = subprocess.Popen([*SMARTHOST, "-c", str(config), "authd", "-m", str(sockdir), "-d", "-c"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for_socket(sockdir / "mux", proc)
+    yield proc, sockdir / "mux"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    return proc.stderr.read().decode()
+
+
+def check(path, login, password, **kw):
+    return asyncio.run(saslauthd_check(path, login, password, kw.pop("service", "smtp"), kw.pop("realm", ""), **kw))
+
+
+def test_our_client_against_our_daemon(authd):
+    proc, mux = authd
+    assert check(mux, "alice", PASSWORD).status is AuthStatus.OK
+    wrong, unknown = check(mux, "alice", "wrong"), check(mux, "mallory", "wrong")
+    assert wrong.status is AuthStatus.NO
+    assert wrong == unknown  # same answer for a wrong password and an unknown user
+    assert check(mux, "alice", PASSWORD).ok  # cached this time (see the log)
+    log = stop(proc)
+    assert "auth success: user=alice service=smtp realm=\n" in log
+    assert "auth success: user=alice service=smtp realm= (cached)" in log
+    assert "auth failure: user=alice service=smtp realm=" in log
+    assert "auth failure: user=mallory service=smtp realm=" in log
+    assert PASSWORD not in log and "wrong" not in log
+
+
+def test_testauth_command(authd):
+    _, mux = authd
+    ok = subprocess.run([*SMARTHOST, "testauth", "-f", str(mux), "-u", "alice", "-p", PASSWORD], capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout) == (0, '0: OK "Success."\n')
+    no = subprocess.run([*SMARTHOST, "testauth", "-f", str(mux), "-u", "alice", "-p", "x"], capture_output=True, text=True)
+    assert (no.returncode, no.stdout) == (1, '0: NO "authentication failed"\n')
+
+
+def test_testauth_names_the_missing_socket(tmp_path):
+    missing = tmp_path / "nowhere" / "mux"
+    result = subprocess.run([*SMARTHOST, "testauth", "-f", str(missing), "-u", "a", "-p", "b"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"cannot reach saslauthd at {missing}: No such file or directory" in result.stderr
+
+
+def test_garbage_gets_a_no_and_the_daemon_keeps_serving(authd):
+    proc, mux = authd
+    for junk in (b"\xff\xff" + b"x" * 100, b"\x00\x05al\x00ce"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(mux))
+            s.sendall(junk)
+            assert s.recv(100) == b"\x00\x0eNO bad request"
+    assert check(mux, "alice", PASSWORD).ok
+    assert "warning: bad saslauthd request: login longer than 256 bytes" in stop(proc)
+
+
+def test_sigterm_removes_socket_and_pid_file(authd):
+    proc, mux = authd
+    assert (mux.parent / "authd.pid").read_text().strip() == str(proc.pid)
+    stop(proc)
+    assert proc.returncode == 0
+    assert not mux.exists() and not (mux.parent / "authd.pid").exists()
+
+
+def test_a_second_daemon_refuses_the_live_socket(authd, tmp_path):
+    _, mux = authd
+    second = subprocess.run([*SMARTHOST, "-c", str(tmp_path / "etc"), "authd", "-m", str(mux.parent), "-d"],
+                            capture_output=True, text=True, timeout=20)
+    assert second.returncode == 1
+    assert f"another auth daemon is listening on {mux}" in second.stderr
+    assert check(mux, "alice", PASSWORD).ok
+
+
+def test_socket_modes(authd):
+    _, mux = authd
+    assert stat.S_IMODE(mux.stat().st_mode) == 0o666
+    assert stat.S_IMODE(mux.parent.stat().st_mode) == 0o710
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+def users(config: Path, *args: str, stdin: str = "", monkeypatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(["-c", str(config), "users", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_users_tool(tmp_path, monkeypatch):
+    assert users(tmp_path, "add", "alice", "-u", "example.test", stdin="pw1\n", monkeypatch=monkeypatch)[0] == 0
+    assert users(tmp_path, "add", "bob", stdin="pw2\n", monkeypatch=monkeypatch)[0] == 0
+    code, out, _ = users(tmp_path, "list", monkeypatch=monkeypatch)
+    assert [line.split(":")[0] for line in out.splitlines()] == ["bob", "alice@example.test"]
+    assert "argon2id SCRAM-SHA-256 SCRAM-SHA-1" in out
+    code, _, err = users(tmp_path, "add", "bob", stdin="x\n", monkeypatch=monkeypatch)
+    assert code == 1 and f"user bob already exists in {tmp_path / 'sasldb'}" in err
+    assert users(tmp_path, "passwd", "alice@example.test", stdin="pw3\n", monkeypatch=monkeypatch)[0] == 0
+    assert users(tmp_path, "del", "bob", monkeypatch=monkeypatch)[0] == 0
+    code, _, err = users(tmp_path, "del", "bob", monkeypatch=monkeypatch)
+    assert code == 1 and "user bob not found" in err
+    code, _, err = users(tmp_path, "add", "carol", stdin="\n", monkeypatch=monkeypatch)
+    assert code == 1 and "no password given" in err
+    assert stat.S_IMODE((tmp_path / "sasldb").stat().st_mode) == 0o600
+
+
+def test_users_follow_sasldb_path_of_smtpd_conf(tmp_path, monkeypatch):
+    (tmp_path / "sasl").mkdir()
+    (tmp_path / "sasl" / "smtpd.conf").write_text(f"pwcheck_method: auxprop\nsasldb_path: {tmp_path / 'other.db'}\n")
+    assert users(tmp_path, "add", "alice", stdin="pw\n", monkeypatch=monkeypatch)[0] == 0
+    assert (tmp_path / "other.db").exists() and not (tmp_path / "sasldb").exists()
+    (tmp_path / "sasl" / "smtpd.conf").write_text("sasldb_path: relative.db\n")
+    assert users(tmp_path, "add", "alice", stdin="pw\n", monkeypatch=monkeypatch)[0] == 0
+    assert (tmp_path / "relative.db").exists()
+
+
+# --- clients against broken daemons -----------------------------------------------------------
+
+
+async def serve(path: Path, behaviour):
+    """A fake daemon at ``path``: ``behaviour(reader, writer)`` per connection."""
+    return await asyncio.start_unix_server(behaviour, str(path))
+
+
+async def silent(reader, writer):
+    await asyncio.sleep(30)
+
+
+async def garbage(reader, writer):
+    await reader.read(100)
+    writer.write(b"\x00\x05HELLO")
+    await writer.drain()
+    writer.close()
+
+
+async def hang_up(reader, writer):
+    await reader.read(100)
+    writer.close()
+
+
+@pytest.mark.parametrize("behaviour, detail", [(silent, "no answer in time"), (garbage, "garbled answer"),
+                                                (hang_up, "connection closed without an answer")])
+def test_saslauthd_client_tempfails_on_broken_daemons(tmp_path, behaviour, detail):
+    path = tmp_path / "mux"
+
+    async def run():
+        server = await serve(path, behaviour)
+        started = time.monotonic()
+        result = await saslauthd_check(path, "alice", "pw", "smtp", "", timeout=0.5)
+        server.close()
+        return result, time.monotonic() - started
+
+    result, elapsed = asyncio.run(run())
+    assert result.status is AuthStatus.TEMPFAIL and not result.ok
+    assert str(path) in result.reason and detail in result.reason
+    assert elapsed < 2
+
+
+def test_saslauthd_client_names_the_missing_socket(tmp_path):
+    result = check(tmp_path / "chroot" / "var/run/saslauthd/mux", "alice", "pw")
+    assert result.status is AuthStatus.TEMPFAIL
+    assert result.reason == f"cannot reach saslauthd at {tmp_path}/chroot/var/run/saslauthd/mux: No such file or directory"
+
+
+def test_saslauthd_client_refuses_oversized_credentials_itself(tmp_path):
+    result = check(tmp_path / "mux", "a" * 300, "pw")
+    assert result.status is AuthStatus.NO and result.reason == "login longer than 256 bytes"
+
+
+@pytest.mark.parametrize("behaviour", [silent, garbage, hang_up])
+def test_dovecot_client_tempfails_on_broken_daemons(tmp_path, behaviour):
+    path = tmp_path / "auth"
+
+    async def run():
+        server = await serve(path, behaviour)
+        client = DovecotAuthClient(path, timeout=0.5)
+        exchange = await client.start("PLAIN", b"\0alice\0pw")
+        mechanisms = await client.mechanisms()
+        server.close()
+        return exchange.result, mechanisms
+
+    result, mechanisms = asyncio.run(run())
+    assert result.status is AuthStatus.TEMPFAIL and str(path) in result.reason
+    assert mechanisms.status is AuthStatus.TEMPFAIL
+
+
+# --- the Dovecot protocol side of our daemon, in process --------------------------------------
+
+
+@pytest.fixture
+def passwd_file(tmp_path):
+    path = tmp_path / "users"
+    path.write_text("alice:{PLAIN}" + PASSWORD + "\n")
+    return path
+
+
+def run_with_daemon(tmp_path, passwd_file, body, **kw):
+    log = tmp_path / "maillog"
+
+    async def main():
+        daemon = AuthDaemon(make_backend("passwd", option=str(passwd_file)), tmp_path / "run", maillog=MailLog(str(log)),
+                            dovecot_socket=tmp_path / "run" / "auth", **kw)
+        task = asyncio.create_task(daemon.serve())
+        while not (tmp_path / "run" / "auth").exists():
+            await asyncio.sleep(0.01)
+        try:
+            return await body(tmp_path / "run")
+        finally:
+            daemon.stop()
+            await task
+
+    return asyncio.run(main()), log.read_text()
+
+
+def test_dovecot_protocol_plain_and_login(tmp_path, passwd_file):
+    async def body(run):
+        client = DovecotAuthClient(run / "auth")
+        mechanisms = [m.name for m in await client.mechanisms()]
+        async with await client.start("PLAIN", b"\0alice\0" + PASSWORD.encode()) as ok:
+            pass
+        async with await client.start("PLAIN", b"\0alice\0nope") as no:
+            pass
+        login = await client.start("LOGIN", None)
+        steps = [login.result.challenge, (await login.step(b"alice")).challenge, await login.step(PASSWORD.encode())]
+        await login.aclose()
+        unsupported = (await client.start("CRAM-MD5", None)).result
+        return mechanisms, ok.result, no.result, steps, unsupported
+
+    (mechanisms, ok, no, steps, unsupported), log = run_with_daemon(tmp_path, passwd_file, body)
+    assert mechanisms == ["PLAIN", "LOGIN"]
+    assert (ok.status, ok.user) == (AuthStatus.OK, "alice")
+    assert no.status is AuthStatus.NO
+    assert steps[:2] == [b"Username:", b"Password:"] and steps[2].status is AuthStatus.OK
+    assert unsupported.status is AuthStatus.NO
+    assert log.count("auth success: user=alice service=smtp") == 2 and PASSWORD not in log
+
+
+def test_a_slow_saslauthd_client_is_cut_off(tmp_path, passwd_file):
+    async def body(run):
+        reader, writer = await asyncio.open_unix_connection(str(run / "mux"))
+        writer.write(b"\x00\x05ali")
+        started = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return data, time.monotonic() - started
+
+    (data, elapsed), log = run_with_daemon(tmp_path, passwd_file, body, request_timeout=0.3)
+    assert data == b"" and elapsed < 2
+    assert "warning: saslauthd client timed out" in log
+
+
+def test_stale_socket_is_replaced(tmp_path, passwd_file):
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(run / "mux"))
+    stale.close()  # the file stays, nobody listens: what a crash leaves
+
+    async def body(run):
+        return await saslauthd_check(run / "mux", "alice", PASSWORD, "smtp", "")
+
+    result, _ = run_with_daemon(tmp_path, passwd_file, body)
+    assert result.ok
+    assert not os.path.exists(run / "mux")
