@@ -81,7 +81,7 @@ def test_one_megabyte_reply_line_is_refused_without_buffering_it_all():
 
 @pytest.mark.parametrize(
     "line",
-    [b"600 too high", b"199 too low", b"abc hello", b"25 short", b"2500 four digits", b"250x", b"", b" 250 ok", b"250_ok"],
+    [b"600 too high", b"199 too low", b"abc hello", b"25 short", b"2500 four", b"250x", b"", b" 250 ok", b"250_ok"],
 )
 def test_invalid_reply_codes_defer_the_mail(line):
     wire = session()
@@ -212,4 +212,21 @@ def test_random_servers_never_crash_the_client_and_sent_means_a_2xx_to_the_messa
     for outcome in done.outcomes:
         if outcome.status is Status.SENT:
             assert final and 200 <= final[0].reply.code <= 299
+    assert isinstance(wire.events[-1], Closed)
+
+
+def test_a_refused_reset_defers_the_next_transaction_even_with_a_5xx():
+    wire = session()
+    c = wire.conn
+    c.mail("a@example.org")
+    c.data()  # no recipients: the transaction ends, the server may still hold the MAIL
+    wire.feed(b"250 ok\r\n")
+    c.data_to_send()
+    c.mail("a@example.org")
+    c.rcpt("b@example.com")
+    c.data()
+    assert c.data_to_send().startswith(b"RSET\r\nMAIL FROM:<a@example.org>\r\n")
+    wire.feed(b"554 5.5.1 no reset for you\r\n")
+    outcomes = wire.of_type(TransactionDone)[-1].outcomes
+    assert [o.status for o in outcomes] == [Status.DEFERRED]
     assert isinstance(wire.events[-1], Closed)

@@ -35,6 +35,16 @@ S: 250 8BITMIME
 """
 
 
+# One sender, one recipient, DATA, both accepted: the start of many transcripts below.
+HEAD = "C: MAIL FROM:<a@example.org>\nC: RCPT TO:<b@example.com>\nC: DATA\nS: 250 Ok\nS: 250 Ok\n"
+
+
+def start(wire):
+    wire.conn.mail("a@example.org")
+    wire.conn.rcpt("b@example.com")
+    wire.conn.data()
+
+
 def outcomes(wire):
     (done,) = wire.of_type(TransactionDone)
     return [(o.status, o.text) for o in done.outcomes]
@@ -83,7 +93,8 @@ def test_pipelined_transaction_goes_out_in_one_write_and_replies_map_back_in_ord
         """
     )
     kinds = [type(e) for e in wire.events]
-    assert kinds == [SenderResult, RecipientResult, RecipientResult, RecipientResult, DataReady, MessageResult, TransactionDone]
+    rcpt = [RecipientResult] * 3
+    assert kinds == [SenderResult, *rcpt, DataReady, MessageResult, TransactionDone]
     assert [e.index for e in wire.of_type(RecipientResult)] == [0, 1, 2]
     assert outcomes(wire) == [
         (Status.SENT, "250 2.0.0 Ok: queued as 4XyZ"),
@@ -203,40 +214,30 @@ def test_pipelined_data_accepted_after_every_recipient_failed_sends_an_empty_mes
 
 def test_data_refused_defers_or_bounces_the_accepted_recipients():
     wire = session()
-    conn = wire.conn
-    conn.mail("a@example.org")
-    conn.rcpt("b@example.com")
-    conn.data()
-    wire.play("C: MAIL FROM:<a@example.org>\nC: RCPT TO:<b@example.com>\nC: DATA\nS: 250 Ok\nS: 250 Ok\nS: 451 4.3.0 try later")
+    start(wire)
+    wire.play(HEAD + "S: 451 4.3.0 try later")
     assert outcomes(wire) == [(Status.DEFERRED, "451 4.3.0 try later")]
 
 
 def test_message_sent_after_data_ready():
     wire = session()
-    conn = wire.conn
-    conn.mail("a@example.org")
-    conn.rcpt("b@example.com")
-    conn.data()
-    events = wire.play("C: MAIL FROM:<a@example.org>\nC: RCPT TO:<b@example.com>\nC: DATA\nS: 250 Ok\nS: 250 Ok\nS: 354 go")
+    start(wire)
+    events = wire.play(HEAD + "S: 354 go")
     assert isinstance(events[-1], DataReady)
-    conn.send_message(b"body")
+    wire.conn.send_message(b"body")
     wire.play("C: body\nC: .\nS: 554 5.7.1 spam")
     assert outcomes(wire) == [(Status.BOUNCED, "554 5.7.1 spam")]
 
 
 def test_rejected_message_needs_no_reset_but_a_refused_data_does():
     wire = session()
-    conn = wire.conn
-    for final in ("554 5.7.1 no", None):
-        conn.mail("a@example.org")
-        conn.rcpt("b@example.com")
-        conn.data()
-        conn.send_message(b"x")
-        if final:
-            wire.play(f"C: MAIL FROM:<a@example.org>\nC: RCPT TO:<b@example.com>\nC: DATA\nS: 250 Ok\nS: 250 Ok\nS: 354 go\nC: x\nC: .\nS: {final}")
+    start(wire)
+    wire.conn.send_message(b"x")
+    wire.play(HEAD + "S: 354 go\nC: x\nC: .\nS: 554 5.7.1 no")
     # After a message reply the server has reset: the next MAIL goes out without RSET.
-    wire.play("C: MAIL FROM:<a@example.org>\nC: RCPT TO:<b@example.com>\nC: DATA\nS: 250 Ok\nS: 250 Ok\nS: 503 5.5.1 no")
-    conn.mail("a@example.org")
+    start(wire)
+    wire.play(HEAD + "S: 503 5.5.1 no")
+    wire.conn.mail("a@example.org")
     wire.play("C: RSET\nC: MAIL FROM:<a@example.org>\nS: 250 Ok\nS: 250 Ok")
 
 
@@ -267,7 +268,8 @@ def test_ehlo_4xx_is_a_failure_not_a_fallback():
     wire.play(GREETING)
     wire.conn.ehlo("client.example.org")
     events = wire.play("C: EHLO client.example.org\nS: 421 4.3.2 shutting down")
-    assert events == [CommandFailed("EHLO", Reply(421, "4.3.2", "shutting down")), Closed(Reply(421, "4.3.2", "shutting down"))]
+    reply = Reply(421, "4.3.2", "shutting down")
+    assert events == [CommandFailed("EHLO", reply), Closed(reply)]
 
 
 def test_a_refused_greeting_allows_only_quit():
@@ -321,7 +323,15 @@ def test_smtputf8_message_to_a_server_without_smtputf8_bounces_5_6_7():
 
 
 @pytest.mark.parametrize(
-    "address", ["bob@example.com\r\nRCPT TO:<evil@example.net>", "bob@exa\nmple.com", "bob\x00@example.com", "bob@example.com> NOTIFY=NEVER", "no-domain", ""]
+    "address",
+    [
+        "bob@example.com\r\nRCPT TO:<evil@example.net>",
+        "bob@exa\nmple.com",
+        "bob\x00@example.com",
+        "bob@example.com> NOTIFY=NEVER",
+        "no-domain",
+        "",
+    ],
 )
 def test_addresses_that_could_inject_never_reach_the_wire(address):
     wire = session()
@@ -492,9 +502,7 @@ def test_rset_and_quit():
 
 def test_quit_waits_until_the_message_is_given():
     wire = session()
-    wire.conn.mail("a@example.org")
-    wire.conn.rcpt("b@example.com")
-    wire.conn.data()
+    start(wire)
     with pytest.raises(RuntimeError):
         wire.conn.quit()
 
@@ -527,9 +535,7 @@ def test_quit_pipelined_after_the_message():
 
 def test_abort_defers_the_open_transaction():
     wire = session()
-    wire.conn.mail("a@example.org")
-    wire.conn.rcpt("b@example.com")
-    wire.conn.data()
+    start(wire)
     wire.conn.abort("timeout after DATA")
     wire.drain()
     assert outcomes(wire) == [(Status.DEFERRED, "timeout after DATA")]

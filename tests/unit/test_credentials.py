@@ -53,13 +53,12 @@ def test_sender_dependent_authentication(tmp_path, sender, dependent, user):
 
 
 def test_candidate_keys_for_the_config_doctor():
-    assert candidate_keys(sender="a@example.org", host="mail.example.com", nexthop="[mail.example.com]:587", sender_dependent=True) == [
-        "a@example.org",
-        "@example.org",
-        "mail.example.com",
-        "[mail.example.com]:587",
-    ]
-    assert candidate_keys(sender="a@example.org", host="mx.example", nexthop="mx.example", sender_dependent=False) == ["mx.example"]
+    keys = candidate_keys(
+        sender="a@example.org", host="mail.example.com", nexthop="[mail.example.com]:587", sender_dependent=True
+    )
+    assert keys == ["a@example.org", "@example.org", "mail.example.com", "[mail.example.com]:587"]
+    keys = candidate_keys(sender="a@example.org", host="mx.example", nexthop="mx.example", sender_dependent=False)
+    assert keys == ["mx.example"]
 
 
 def test_keys_are_case_insensitive_and_tables_are_searched_key_by_key(tmp_path):

@@ -102,12 +102,16 @@ def test_host_addresses_both_families_in_order():
 
 
 def test_host_addresses_one_family_failing_temporarily_is_enough_with_the_other():
-    resolver = FakeResolver({("mx.example.com.", "AAAA"): dns.resolver.NoNameservers(), ("mx.example.com.", "A"): ["192.0.2.25"]})
+    resolver = FakeResolver(
+        {("mx.example.com.", "AAAA"): dns.resolver.NoNameservers(), ("mx.example.com.", "A"): ["192.0.2.25"]}
+    )
     assert run(host_addresses("mx.example.com", resolver)) == ["192.0.2.25"]
 
 
 def test_host_addresses_failures():
-    temporary = FakeResolver({("mx.example.com.", "AAAA"): dns.resolver.NoAnswer(), ("mx.example.com.", "A"): dns.resolver.NoNameservers()})
+    temporary = FakeResolver(
+        {("mx.example.com.", "AAAA"): dns.resolver.NoAnswer(), ("mx.example.com.", "A"): dns.resolver.NoNameservers()}
+    )
     with pytest.raises(DnsError) as info:
         run(host_addresses("mx.example.com", temporary))
     assert not info.value.permanent

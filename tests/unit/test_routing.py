@@ -98,45 +98,155 @@ def test_parse_nexthop_errors_say_what_to_write(text, fragment):
 
 
 def test_next_hop_lists():
-    assert [h.host for h in parse_nexthops("[a.example]:587, b.example  c.example")] == ["a.example", "b.example", "c.example"]
+    hops = parse_nexthops("[a.example]:587, b.example  c.example")
+    assert [h.host for h in hops] == ["a.example", "b.example", "c.example"]
 
 
+def case(description, recipient, expected, *, sender="", transport=None, sender_relay=None, **params):
+    return pytest.param(recipient, sender, params, transport, sender_relay, expected, id=description)
+
+
+SMART = {"relayhost": "[smart.example]"}
 ROUTES = [
-    # (description, params overrides, transport table, sender relay table, recipient, sender, expected)
-    ("local domain", {}, None, None, "bob@mail.example.com", "a@x.org", Route("local", "mail.example.com")),
-    ("unqualified is local", {}, None, None, "postmaster", "", Route("local", "mail.example.com")),
-    ("default: MX of the domain", {}, None, None, "bob@example.net", "a@x.org", Route("smtp", "example.net")),
-    ("relayhost", {"relayhost": "[smart.example]:587"}, None, None, "bob@example.net", "a@x.org", Route("smtp", "[smart.example]:587")),
-    ("relayhost is not for local mail", {"relayhost": "[smart.example]"}, None, None, "bob@mail.example.com", "", Route("local", "mail.example.com")),
-    ("relay domain", {}, None, None, "bob@relayed.example", "a@x.org", Route("relay", "relayed.example")),
-    ("relay domain via relayhost", {"relayhost": "[smart.example]"}, None, None, "bob@relayed.example", "", Route("relay", "[smart.example]")),
-    ("relay_transport nexthop wins", {"relayhost": "[smart.example]", "relay_transport": "relay:[inside.example]"}, None, {"a@x.org": "[s.example]"}, "bob@relayed.example", "a@x.org", Route("relay", "[inside.example]")),
-    ("default_transport nexthop beats relayhost", {"relayhost": "[smart.example]", "default_transport": "smtp:[other.example]:2525"}, None, None, "bob@example.net", "", Route("smtp", "[other.example]:2525")),
-    ("sender relayhost beats relayhost", {"relayhost": "[smart.example]"}, None, {"alice@x.org": "[alice.example]:587"}, "bob@example.net", "Alice@x.org", Route("smtp", "[alice.example]:587")),
-    ("sender relayhost by @domain", {"relayhost": "[smart.example]"}, None, {"@x.org": "[xorg.example]"}, "bob@example.net", "carol@x.org", Route("smtp", "[xorg.example]")),
-    ("sender relayhost DUNNO keeps relayhost", {"relayhost": "[smart.example]"}, None, {"alice@x.org": "DUNNO", "@x.org": "[xorg.example]"}, "bob@example.net", "alice@x.org", Route("smtp", "[smart.example]")),
-    ("null sender key", {}, None, {"<>": "[bounces.example]"}, "bob@example.net", "", Route("smtp", "[bounces.example]")),
-    ("transport: both", {"relayhost": "[smart.example]"}, {"example.net": "smtp:[mx.example.net]:2525"}, None, "bob@example.net", "", Route("smtp", "[mx.example.net]:2525")),
-    ("transport: only transport resets nexthop to the domain", {"relayhost": "[smart.example]"}, {"example.net": "slow:"}, None, "bob@example.net", "", Route("slow", "example.net")),
-    ("transport: bare transport name", {"relayhost": "[smart.example]"}, {"example.net": "slow"}, None, "bob@example.net", "", Route("slow", "example.net")),
-    ("transport: only nexthop keeps transport", {}, {"relayed.example": ":[gw.example]"}, None, "bob@relayed.example", "", Route("relay", "[gw.example]")),
-    ("transport: null changes nothing", {"relayhost": "[smart.example]"}, {"example.net": ":", "*": "smtp:[all.example]"}, None, "bob@example.net", "", Route("smtp", "[smart.example]")),
-    ("transport: parent domain", {}, {".example.net": "smtp:[sub.example]"}, None, "bob@a.b.example.net", "", Route("smtp", "[sub.example]")),
-    ("transport: .domain is not the domain itself", {}, {".example.net": "smtp:[sub.example]"}, None, "bob@example.net", "", Route("smtp", "example.net")),
-    ("transport: wildcard", {}, {"*": "smtp:[all.example]"}, None, "bob@example.net", "", Route("smtp", "[all.example]")),
-    ("transport: address beats domain", {}, {"bob@example.net": "smtp:[bob.example]", "example.net": "smtp:[dom.example]"}, None, "Bob@Example.NET", "", Route("smtp", "[bob.example]")),
-    ("transport: user+ext@domain then user@domain", {"recipient_delimiter": "+"}, {"bob@example.net": "smtp:[bob.example]"}, None, "bob+news@example.net", "", Route("smtp", "[bob.example]")),
-    ("transport: local override", {}, {"mail.example.com": "smtp:[elsewhere.example]"}, None, "bob@mail.example.com", "", Route("smtp", "[elsewhere.example]")),
-    ("transport: local:", {}, {"example.net": "local:"}, None, "bob@example.net", "", Route("local", "example.net")),
-    ("transport: error", {}, {"example.net": "error:5.1.1 mail for example.net is not deliverable: really"}, None, "bob@example.net", "", Route("error", None, "5.1.1 mail for example.net is not deliverable: really")),
-    ("transport: retry", {}, {"example.net": "retry:4.3.5 maintenance"}, None, "bob@example.net", "", Route("retry", None, "4.3.5 maintenance")),
-    ("local_transport with nexthop", {"local_transport": "lmtp:unix:private/dovecot"}, None, None, "bob@mail.example.com", "", Route("lmtp", "unix:private/dovecot")),
+    case("local domain", "bob@mail.example.com", Route("local", "mail.example.com")),
+    case("unqualified is local", "postmaster", Route("local", "mail.example.com")),
+    case("default: MX of the domain", "bob@example.net", Route("smtp", "example.net")),
+    case("relayhost", "bob@example.net", Route("smtp", "[smart.example]:587"), relayhost="[smart.example]:587"),
+    case("relayhost is not for local mail", "bob@mail.example.com", Route("local", "mail.example.com"), **SMART),
+    case("relay domain", "bob@relayed.example", Route("relay", "relayed.example")),
+    case("relay domain via relayhost", "bob@relayed.example", Route("relay", "[smart.example]"), **SMART),
+    case(
+        "relay_transport nexthop wins",
+        "bob@relayed.example",
+        Route("relay", "[inside.example]"),
+        sender="a@x.org",
+        sender_relay={"a@x.org": "[s.example]"},
+        relay_transport="relay:[inside.example]",
+        **SMART,
+    ),
+    case(
+        "default_transport nexthop beats relayhost",
+        "bob@example.net",
+        Route("smtp", "[other.example]:2525"),
+        default_transport="smtp:[other.example]:2525",
+        **SMART,
+    ),
+    case(
+        "sender relayhost beats relayhost",
+        "bob@example.net",
+        Route("smtp", "[alice.example]:587"),
+        sender="Alice@x.org",
+        sender_relay={"alice@x.org": "[alice.example]:587"},
+        **SMART,
+    ),
+    case(
+        "sender relayhost by @domain",
+        "bob@example.net",
+        Route("smtp", "[xorg.example]"),
+        sender="carol@x.org",
+        sender_relay={"@x.org": "[xorg.example]"},
+        **SMART,
+    ),
+    case(
+        "sender relayhost DUNNO keeps relayhost",
+        "bob@example.net",
+        Route("smtp", "[smart.example]"),
+        sender="alice@x.org",
+        sender_relay={"alice@x.org": "DUNNO", "@x.org": "[xorg.example]"},
+        **SMART,
+    ),
+    case("null sender key", "bob@example.net", Route("smtp", "[bounces.example]"), sender_relay={"<>": "[bounces.example]"}),
+    case(
+        "transport: both",
+        "bob@example.net",
+        Route("smtp", "[mx.example.net]:2525"),
+        transport={"example.net": "smtp:[mx.example.net]:2525"},
+        **SMART,
+    ),
+    case(
+        "transport: only transport resets nexthop to the domain",
+        "bob@example.net",
+        Route("slow", "example.net"),
+        transport={"example.net": "slow:"},
+        **SMART,
+    ),
+    case(
+        "transport: bare transport name",
+        "bob@example.net",
+        Route("slow", "example.net"),
+        transport={"example.net": "slow"},
+        **SMART,
+    ),
+    case(
+        "transport: only nexthop keeps transport",
+        "bob@relayed.example",
+        Route("relay", "[gw.example]"),
+        transport={"relayed.example": ":[gw.example]"},
+    ),
+    case(
+        "transport: null changes nothing",
+        "bob@example.net",
+        Route("smtp", "[smart.example]"),
+        transport={"example.net": ":", "*": "smtp:[all.example]"},
+        **SMART,
+    ),
+    case(
+        "transport: parent domain",
+        "bob@a.b.example.net",
+        Route("smtp", "[sub.example]"),
+        transport={".example.net": "smtp:[sub.example]"},
+    ),
+    case(
+        "transport: .domain is not the domain itself",
+        "bob@example.net",
+        Route("smtp", "example.net"),
+        transport={".example.net": "smtp:[sub.example]"},
+    ),
+    case("transport: wildcard", "bob@example.net", Route("smtp", "[all.example]"), transport={"*": "smtp:[all.example]"}),
+    case(
+        "transport: address beats domain",
+        "Bob@Example.NET",
+        Route("smtp", "[bob.example]"),
+        transport={"bob@example.net": "smtp:[bob.example]", "example.net": "smtp:[dom.example]"},
+    ),
+    case(
+        "transport: user+ext@domain then user@domain",
+        "bob+news@example.net",
+        Route("smtp", "[bob.example]"),
+        transport={"bob@example.net": "smtp:[bob.example]"},
+        recipient_delimiter="+",
+    ),
+    case(
+        "transport: local override",
+        "bob@mail.example.com",
+        Route("smtp", "[elsewhere.example]"),
+        transport={"mail.example.com": "smtp:[elsewhere.example]"},
+    ),
+    case("transport: local:", "bob@example.net", Route("local", "example.net"), transport={"example.net": "local:"}),
+    case(
+        "transport: error",
+        "bob@example.net",
+        Route("error", None, "5.1.1 mail for example.net is not deliverable: really"),
+        transport={"example.net": "error:5.1.1 mail for example.net is not deliverable: really"},
+    ),
+    case(
+        "transport: retry",
+        "bob@example.net",
+        Route("retry", None, "4.3.5 maintenance"),
+        transport={"example.net": "retry:4.3.5 maintenance"},
+    ),
+    case(
+        "local_transport with nexthop",
+        "bob@mail.example.com",
+        Route("lmtp", "unix:private/dovecot"),
+        local_transport="lmtp:unix:private/dovecot",
+    ),
 ]
 
 
-@pytest.mark.parametrize("description, overrides, transport, sender_relay, recipient, sender, expected", ROUTES, ids=[r[0] for r in ROUTES])
-def test_route(description, overrides, transport, sender_relay, recipient, sender, expected):
-    params = RoutingParams(**{"myhostname": "mail.example.com", **overrides})
+@pytest.mark.parametrize("recipient, sender, overrides, transport, sender_relay, expected", ROUTES)
+def test_route(recipient, sender, overrides, transport, sender_relay, expected):
+    params = RoutingParams(myhostname="mail.example.com", **overrides)
     assert route(recipient, sender, params, tables(transport, sender_relay)) == expected
 
 

@@ -336,6 +336,8 @@ _TABLE: tuple[Parameter, ...] = (
     _int("smtpd_client_connection_count_limit", "50"),
     _list("smtpd_client_event_limit_exceptions", "$mynetworks", check=check_networks),
     _int("smtpd_client_auth_rate_limit", "0"),
+    # smarthost-only: failed AUTH attempts in one session before 421 and disconnect.
+    _int("smtpd_sasl_auth_failure_limit", "3", minimum=1),
     # As in Postfix 3.9, "yes" means "normalize".
     _enum("smtpd_forbid_bare_newline", "normalize", "normalize reject no", {"yes": "normalize"}),
     _list("smtpd_forbid_bare_newline_exclusions", "$mynetworks", check=check_networks),
@@ -404,6 +406,12 @@ _TABLE: tuple[Parameter, ...] = (
     _list("transport_maps"),
     _str("default_transport", "smtp"),
     _str("relay_transport", "relay"),
+    _str("local_transport", "local:$myhostname"),
+    _str("virtual_transport", "virtual"),
+    _str("empty_address_relayhost_maps_lookup_key", "<>"),
+    _int("smtp_line_length_limit", "998"),
+    _enum("smtp_address_preference", "any", "ipv6 ipv4 any"),
+    _int("smtp_mx_address_limit", "5"),
     _int("default_destination_concurrency_limit", "20"),
     _int("smtp_destination_concurrency_limit", "$default_destination_concurrency_limit"),
     # Deprecated TLS switches, mapped onto the *_tls_security_level names (see DEPRECATED).

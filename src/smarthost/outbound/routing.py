@@ -96,7 +96,7 @@ def parse_nexthop(text: str) -> NextHop:
         if not rest.startswith(":") or len(rest) == 1:
             raise NextHopError(f'"{written}": write host:port, e.g. [{host}]:587')
         port = _port(rest[1:], written)
-    return NextHop(host.rstrip(".") if not _is_ip(host) else host, port, mx_lookup, written.strip())
+    return NextHop(host.rstrip("."), port, mx_lookup, written.strip())
 
 
 def parse_nexthops(text: str) -> list[NextHop]:

@@ -189,6 +189,9 @@ class TLSReady:
 
 @dataclass(frozen=True, slots=True)
 class AuthDone:
+    """The end of AUTH.  Whatever the code (535 included), a failed authentication should
+    defer the mail, not bounce it: the admin fixes the password and the mail goes out."""
+
     reply: Reply
     error: str = ""  # why the client aborted or rejected the exchange, if it did
 
@@ -457,10 +460,11 @@ class _Transaction:
             data_outcome = Outcome.deferred("4.5.0", f"unexpected reply to DATA: {reply_line(data)}")
         else:
             data_outcome = Outcome.from_reply(data) if data is not None else failure
+        mail = self.mail_reply
         result = []
         for reply in self.rcpt_replies:
-            if self.mail_failed:
-                outcome = Outcome.from_reply(self.mail_reply)  # type: ignore[arg-type]
+            if mail is not None and classify(mail.code) is not Status.SENT:
+                outcome = Outcome.from_reply(mail)
             elif reply is None:
                 outcome = failure
             elif classify(reply.code) is not Status.SENT:
@@ -847,7 +851,8 @@ class ClientConnection:
     def _on_rset(self, command: _Command, reply: Reply) -> None:
         if command.silent:
             if classify(reply.code) is not Status.SENT:
-                self._fail("RSET refused", Outcome.from_reply(reply))
+                # A server that cannot reset is broken: defer, whatever the code.
+                self._fail("RSET refused", Outcome.deferred("4.5.0", f"RSET refused: {reply_line(reply)}"))
             return
         self._events.append(ResetDone(reply))
 
