@@ -32,12 +32,15 @@ from pathlib import Path
 
 from smarthost.config import Config, ConfigError, load
 from smarthost.config.mastercf import listen_addresses
+from smarthost.config.saslconf import load_sasl_conf
+from smarthost.inbound.auth import AuthSettings, DovecotRelay, PasswordChecker
 from smarthost.inbound.limits import ClientCounts, WorkerCounts
 from smarthost.inbound.policy import Policy, PolicyError, PolicySettings
 from smarthost.inbound.server import Listener, Worker
 from smarthost.maillog import MailLog
 from smarthost.netaddr import NetworkList
 from smarthost.queue import QueueStore
+from smarthost.sasl import filter_mechanisms
 from smarthost.smtp.server import ServerSettings
 from smarthost.tables import TableError, open_table
 from smarthost.tls import TLSConfigError, server_context
@@ -57,9 +60,10 @@ class Runtime:
 
     config: Config
     bindings: tuple[tuple[Listener, tuple[tuple[str | None, int], ...]], ...]
+    warnings: tuple[str, ...]  # the configuration's, each "file:line: text"
 
 
-def build_listener(service, cfg: Config) -> Listener:
+def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
     """Everything one ``master.cf`` service needs, validated."""
     p = service.params
     where = f"{service.file}:{service.line}: service {service.name}"
@@ -81,6 +85,7 @@ def build_listener(service, cfg: Config) -> Listener:
         except (ValueError, TableError) as exc:
             raise StartError(f"{where}: {name}: {exc}") from None
     bare = p["smtpd_forbid_bare_newline"]
+    auth, checker, relay = _build_auth(service, cfg, warnings, tls_possible=ctx is not None and level != "none")
     settings = ServerSettings(
         hostname=p["myhostname"],
         banner=p["smtpd_banner"],
@@ -93,6 +98,10 @@ def build_listener(service, cfg: Config) -> Listener:
         starttls_available=ctx is not None and level != "none" and not wrapper,
         tls_required=level == "encrypt" and not wrapper,
         vrfy_enabled=not p["disable_vrfy_command"],
+        auth_mechanisms=auth.mechanisms if auth else (),
+        auth_requires_tls=auth.requires_tls if auth else True,
+        max_auth_failures=auth.failure_limit if auth else 3,
+        broken_sasl_auth_clients=p["broken_sasl_auth_clients"],
     )
     policy_settings = PolicySettings(
         client_restrictions=p["smtpd_client_restrictions"],
@@ -127,7 +136,49 @@ def build_listener(service, cfg: Config) -> Listener:
         bare_newline_exclusions=networks["smtpd_forbid_bare_newline_exclusions"],
         tls_loglevel=p["smtpd_tls_loglevel"],
         tls_received_header=p["smtpd_tls_received_header"],
+        auth=auth,
+        passwords=checker,
+        dovecot=relay,
     )
+
+
+def _build_auth(service, cfg: Config, warnings: list[str], *, tls_possible: bool):
+    """AUTH for one service: (AuthSettings, PasswordChecker, DovecotRelay), Nones when off."""
+    p = service.params
+    if not p["smtpd_sasl_auth_enable"]:
+        return None, None, None
+    where = f"{service.file}:{service.line}: service {service.name}"
+    conf = load_sasl_conf(cfg.config_dir, p)  # ConfigError names its file and line
+    warnings.extend(conf.warnings)
+    requires_tls = p["smtpd_tls_auth_only"] or p["smtpd_tls_wrappermode"]
+    if requires_tls and not tls_possible and not p["smtpd_tls_wrappermode"]:
+        warnings.append(f"{where}: smtpd_sasl_auth_enable = yes, but AUTH is never offered: it needs TLS"
+                            " (smtpd_tls_auth_only = yes) and the service has no TLS; configure smtpd_tls_cert_file")
+    options = p["smtpd_sasl_tls_security_options"] if requires_tls else p["smtpd_sasl_security_options"]
+    relay = checker = None
+    available = None
+    if conf.type == "dovecot":
+        relay = DovecotRelay(conf.dovecot_path, p["smtpd_sasl_service"])
+        available = relay.mechanisms_now()
+        if available is None:
+            warnings.append(f"{where}: cannot reach the Dovecot auth socket {conf.dovecot_path};"
+                                " offering PLAIN LOGIN, attempts fail temporarily until it answers")
+            available = ("PLAIN", "LOGIN")
+    else:
+        checker = PasswordChecker(conf)
+    mechanisms = tuple(filter_mechanisms(list(conf.mechanisms(options, available)), p["smtpd_sasl_mechanism_filter"]))
+    if not mechanisms:
+        raise StartError(f"{where}: no SASL mechanism is left to offer (mech_list, smtpd_sasl_security_options and"
+                         " smtpd_sasl_mechanism_filter exclude all); allow PLAIN or LOGIN")
+    auth = AuthSettings(
+        mechanisms=mechanisms,
+        service=p["smtpd_sasl_service"],
+        realm=p["smtpd_sasl_local_domain"],
+        requires_tls=requires_tls,
+        failure_limit=p["smtpd_sasl_auth_failure_limit"],
+        authenticated_header=p["smtpd_sasl_authenticated_header"],
+    )
+    return auth, checker, relay
 
 
 def _own_addresses(service, params) -> list[str]:
@@ -141,15 +192,16 @@ def _own_addresses(service, params) -> list[str]:
 
 def build_runtime(cfg: Config) -> Runtime:
     bindings = []
+    warnings = list(cfg.warnings)
     for service in cfg.services:
         if service.type != "inet" or service.command != "smtpd":
             continue
-        listener = build_listener(service, cfg)
+        listener = build_listener(service, cfg, warnings)
         addresses = tuple(listen_addresses(service, service.params))
         bindings.append((listener, addresses))
     if not bindings:
         raise StartError(f"{cfg.config_dir}/master.cf: no inet smtpd service; add e.g. 'smtp inet n - n - - smtpd'")
-    return Runtime(config=cfg, bindings=tuple(bindings))
+    return Runtime(config=cfg, bindings=tuple(bindings), warnings=tuple(dict.fromkeys(warnings)))
 
 
 def bind(host: str | None, port: int) -> socket.socket:
@@ -279,7 +331,7 @@ class Master:
         runtime = self.prepare()  # raises ConfigError / StartError before anything listens
         params = runtime.config.params
         self.maillog = MailLog(params.raw("maillog_file") or None, hostname=params["myhostname"])
-        for warning in runtime.config.warnings:
+        for warning in runtime.warnings:
             self.maillog.warning(warning)
         self._bind_all(runtime)
         self.runtime = runtime
@@ -359,6 +411,8 @@ class Master:
         except (ConfigError, StartError) as exc:
             self.maillog.error(f"reload failed, keeping the running configuration: {exc}")
             return
+        for warning in runtime.warnings:
+            self.maillog.warning(warning)
         self.runtime = runtime
         old = [pid for pid, (gen, _, _) in self.workers.items() if gen == self.generation]
         self._spawn_generation()

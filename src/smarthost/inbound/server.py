@@ -24,21 +24,37 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import secrets
 import socket
 import ssl
 import time
 from dataclasses import dataclass, replace
 
+from smarthost.authd.client import AuthResult, AuthStatus
+from smarthost.inbound.auth import AuthSettings, DovecotRelay, PasswordChecker
 from smarthost.inbound.limits import WorkerCounts
 from smarthost.inbound.policy import ClientFacts, Policy
 from smarthost.maillog import MailLog, client_label
 from smarthost.netaddr import NetworkList
 from smarthost.queue import Envelope, QueueStore, Recipient
 from smarthost.queue.ids import new_queue_id
+from smarthost.sasl import (
+    Challenge,
+    CheckPassword,
+    Failure,
+    NeedScramCredentials,
+    NeedSecret,
+    ServerContext,
+    Success,
+    server_mechanism,
+)
+from smarthost.smtp import replies
 from smarthost.smtp.replies import Reply
 from smarthost.smtp.server import (
     NEED_DATA,
     PAUSED,
+    AuthResponse,
+    AuthStart,
     Closing,
     DataCommand,
     Helo,
@@ -78,6 +94,9 @@ class Listener:
     bare_newline_exclusions: NetworkList  # clients for whom "reject" relaxes to "normalize"
     tls_loglevel: int
     tls_received_header: bool
+    auth: AuthSettings | None = None  # None: AUTH off for this service
+    passwords: PasswordChecker | None = None  # cyrus: saslauthd and/or the user database
+    dovecot: DovecotRelay | None = None  # dovecot: the exchange is relayed
 
 
 @dataclass(slots=True)
@@ -183,6 +202,10 @@ class Session(asyncio.Protocol):
         self.sender = ""
         self.recipients: list[Recipient] = []
         self.mail_params = None
+        self.sasl_method: str | None = None
+        self._mech = None  # the SASL mechanism object of an exchange in progress
+        self._exchange = None  # or the Dovecot exchange
+        self._mech_name = ""
         self._busy = False          # waiting for the queue or a TLS handshake
         self._counted = False
 
@@ -288,6 +311,10 @@ class Session(asyncio.Protocol):
             elif kind is Closing:
                 self._on_closing(event)
                 return
+            elif kind is AuthStart or kind is AuthResponse:
+                self._busy = True
+                self.loop.create_task(self._auth(event))
+                break
             elif kind is Vrfy:
                 conn.accept(Reply(252, "2.0.0", "Cannot VRFY user, but will accept message and attempt delivery"))
             else:  # pragma: no cover - a new core event the shell does not know yet
@@ -342,7 +369,10 @@ class Session(asyncio.Protocol):
         conn.accept()
 
     def _on_protocol_error(self, event: ProtocolError) -> None:
-        if event.detail:
+        if event.verb == "AUTH" and (self._mech is not None or self._exchange is not None):
+            self._end_exchange()  # the core ended it (client "*", bad base64, too long a line)
+            self.maillog.warning(f"{self.label}: SASL {self._mech_name} authentication aborted")
+        elif event.detail:
             self.maillog.warning(f"{event.detail} from {self.label}")
         if not event.reply.is_error or self.conn.closed:
             return
@@ -373,6 +403,109 @@ class Session(asyncio.Protocol):
         self._flush()
         self._close()
 
+    # -- SMTP AUTH ------------------------------------------------------------------------
+
+    async def _auth(self, event: AuthStart | AuthResponse) -> None:
+        """Run one AUTH step: the mechanism's requests go to the password checker or Dovecot."""
+        try:
+            if self.listener.dovecot is not None:
+                await self._auth_dovecot(event)
+            else:
+                await self._auth_cyrus(event)
+        except Exception:  # a bug must not authenticate anyone, nor hang the session
+            log.exception("AUTH step failed")
+            self._auth_done(None, temporary="internal error")
+        self._busy = False
+        if self.transport is not None and not self.transport.is_closing():
+            self._pump()
+
+    async def _auth_cyrus(self, event: AuthStart | AuthResponse) -> None:
+        auth = self.listener.auth
+        checker = self.listener.passwords
+        if isinstance(event, AuthStart):
+            self._mech_name = event.mechanism
+            context = ServerContext(
+                hostname=self.listener.myhostname, nonce=secrets.token_hex(16), server_secret=checker.secret,
+                service=auth.service, realm=auth.realm,
+            )
+            self._mech = server_mechanism(event.mechanism, context)
+            step = self._mech.start(event.initial_response)
+        else:
+            step = self._mech.respond(event.data)
+        while True:
+            if isinstance(step, Challenge):
+                self.conn.auth_challenge(step.data)
+                return
+            if isinstance(step, Success):
+                self._auth_done(step.username)
+                return
+            if isinstance(step, Failure):
+                self._auth_done(None, reason=step.reason)
+                return
+            if isinstance(step, CheckPassword):
+                result = await checker.check_password(step.authcid, step.password, auth.service, auth.realm)
+                if result.status is AuthStatus.TEMPFAIL:
+                    self._auth_done(None, temporary=result.reason)
+                    return
+                step = self._mech.password_result(result.status is AuthStatus.OK)
+            elif isinstance(step, NeedScramCredentials):
+                found = await checker.scram_credentials(step.username, step.mechanism, auth.realm)
+                if isinstance(found, AuthResult):
+                    self._auth_done(None, temporary=found.reason)
+                    return
+                step = self._mech.credentials(found)
+            elif isinstance(step, NeedSecret):
+                step = self._mech.secret(None)  # no plaintext secrets are stored: CRAM-MD5 cannot succeed
+            else:  # pragma: no cover - a new step type
+                raise TypeError(f"unknown SASL step {step!r}")
+
+    async def _auth_dovecot(self, event: AuthStart | AuthResponse) -> None:
+        if isinstance(event, AuthStart):
+            self._mech_name = event.mechanism
+            self._exchange = await self.listener.dovecot.client.start(
+                event.mechanism, event.initial_response, secured=self.tls is not None, remote_ip=self.address
+            )
+            result = self._exchange.result
+        else:
+            result = await self._exchange.step(event.data)
+        if result.status is AuthStatus.CONTINUE:
+            self.conn.auth_challenge(result.challenge)
+        elif result.status is AuthStatus.OK:
+            self._auth_done(result.user)
+        elif result.status is AuthStatus.TEMPFAIL:
+            self._auth_done(None, temporary=result.reason)
+        else:
+            self._auth_done(None, reason=result.reason or "authentication failure")
+
+    def _auth_done(self, username: str | None, *, reason: str = "", temporary: str = "") -> None:
+        mech = self._mech_name
+        self._end_exchange()
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        if username is not None:
+            realm = self.listener.auth.realm
+            if realm and "@" not in username:
+                username = f"{username}@{realm}"  # as Cyrus reports it with smtpd_sasl_local_domain
+            self.facts = replace(self.facts, sasl_username=username)
+            self.sasl_method = mech
+            conn.auth_success(username)
+        elif temporary:
+            # The exact cause (e.g. the socket path that could not be reached) is for the admin only.
+            self.maillog.warning(f"SASL authentication problem: {temporary}")
+            self.maillog.warning(f"{self.label}: SASL {mech} authentication failed: temporary failure")
+            conn.auth_fail(replies.AUTH_TEMPORARY_FAILURE)
+        else:
+            # The line fail2ban's postfix-sasl filter matches.
+            self.maillog.warning(f"{self.label}: SASL {mech} authentication failed: {reason or 'authentication failure'}")
+            conn.auth_fail(replies.AUTH_FAILED)
+
+    def _end_exchange(self) -> None:
+        self._mech = None
+        if self._exchange is not None:
+            self.loop.create_task(self._exchange.aclose())
+            self._exchange = None
+
     async def _queue_message(self, data: bytes) -> None:
         conn = self.conn
         queue_id = new_queue_id()
@@ -399,7 +532,11 @@ class Session(asyncio.Protocol):
             conn.reject(TEMP_FAIL)
         else:
             self.worker.stats.messages += 1
-            self.maillog.log(f"{queue_id}: client={self.label}")
+            if self.facts.sasl_username:
+                self.maillog.log(f"{queue_id}: client={self.label}, sasl_method={self.sasl_method},"
+                                 f" sasl_username={self.facts.sasl_username}")
+            else:
+                self.maillog.log(f"{queue_id}: client={self.label}")
             self.maillog.log(
                 f"{queue_id}: from=<{self.sender}>, size={len(body)}, nrcpt={len(self.recipients)} (queue active)"
             )
@@ -476,6 +613,8 @@ class Session(asyncio.Protocol):
         lines = [f"Received: from {self.facts.helo or 'unknown'} ({self.label.replace('[', ' [', 1)})"]
         if self.tls is not None and listener.tls_received_header:
             lines.append(f"\t(using {self.tls.describe()})")
+        if self.facts.sasl_username and listener.auth is not None and listener.auth.authenticated_header:
+            lines.append(f"\t(Authenticated sender: {self.facts.sasl_username})")
         by = f"\tby {listener.myhostname} (smarthost) with {self._proto()} id {queue_id}"
         if len(self.recipients) == 1:
             lines.append(by)

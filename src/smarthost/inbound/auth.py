@@ -1,0 +1,110 @@
+"""SMTP AUTH for the server shell: where passwords are checked.
+
+The SMTP core parses AUTH (``smtp/server.py``) and the SASL mechanisms run the exchange
+(``sasl/``); this module answers what they ask of the outside world, per the SASL config
+(``config/saslconf.py``):
+
+- ``smtpd_sasl_type = cyrus`` with ``pwcheck_method: saslauthd``: plaintext checks go to the
+  saslauthd socket (``saslauthd_path``: ours, ``smarthost authd``, or a real Cyrus
+  saslauthd). The SMTP workers never read password hashes (DESIGN.md principle 9).
+- ``pwcheck_method: auxprop``: the user database (``sasldb_path``) is read directly; it
+  stores argon2id hashes and SCRAM verifiers, so SCRAM works too. Hash checks run in a thread
+  pool, never on the event loop.
+- Both, in the order written: the first method that says yes wins; a method that cannot be
+  reached makes the answer temporary unless another one says yes.
+- ``smtpd_sasl_type = dovecot``: the whole exchange is relayed to a Dovecot auth socket
+  (``smtpd_sasl_path``), ours or a real Dovecot's (:class:`DovecotRelay`).
+
+Whatever goes wrong on the way (a missing, slow or garbled daemon) is a temporary failure
+(``454 4.7.0``), never a success and never a hang: every call has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from smarthost.authd.client import AuthResult, AuthStatus, DovecotAuthClient, saslauthd_check
+from smarthost.authd.userdb import UserDB
+from smarthost.config.saslconf import SaslConf
+from smarthost.sasl import ScramCredentials
+
+AUTH_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """What a service's sessions need for AUTH."""
+
+    mechanisms: tuple[str, ...]
+    service: str  # smtpd_sasl_service: passed to saslauthd (and so to PAM)
+    realm: str  # smtpd_sasl_local_domain
+    requires_tls: bool  # smtpd_tls_auth_only
+    failure_limit: int
+    authenticated_header: bool  # smtpd_sasl_authenticated_header
+
+
+class PasswordChecker:
+    """Answers the mechanisms' CheckPassword / NeedScramCredentials requests."""
+
+    def __init__(self, conf: SaslConf) -> None:
+        self.conf = conf
+        self.secret = secrets.token_bytes(32)  # SCRAM's fake salts for unknown users
+        self._userdb = UserDB(conf.sasldb_path) if conf.sasldb_path and "auxprop" in conf.pwcheck_methods else None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:  # made lazily: after fork, in the worker
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="auth")
+        return self._pool
+
+    async def check_password(self, login: str, password: str, service: str, realm: str) -> AuthResult:
+        temporary = ""
+        for method in self.conf.pwcheck_methods:
+            if method == "saslauthd":
+                result = await saslauthd_check(self.conf.saslauthd_path, login, password, service, realm,
+                                               timeout=AUTH_TIMEOUT)
+            else:
+                result = await self._in_pool(self._userdb_check, login, password, realm)
+            if result.status is AuthStatus.OK:
+                return result
+            if result.status is AuthStatus.TEMPFAIL:
+                temporary = result.reason
+        if temporary:
+            return AuthResult(AuthStatus.TEMPFAIL, temporary)
+        return AuthResult(AuthStatus.NO, "authentication failure")
+
+    def _userdb_check(self, login: str, password: str, realm: str) -> AuthResult:
+        assert self._userdb is not None
+        ok = self._userdb.check_password(login, realm, password)
+        return AuthResult(AuthStatus.OK if ok else AuthStatus.NO)
+
+    async def scram_credentials(self, username: str, mechanism: str, realm: str) -> ScramCredentials | None | AuthResult:
+        if self._userdb is None:
+            return None
+        return await self._in_pool(self._userdb.scram_credentials, username, realm, mechanism)
+
+    async def _in_pool(self, func, *args):
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor(), func, *args), AUTH_TIMEOUT)
+        except asyncio.TimeoutError:
+            return AuthResult(AuthStatus.TEMPFAIL, f"user database {self.conf.sasldb_path} did not answer")
+        except Exception as exc:  # noqa: BLE001 - a broken database is a temporary failure, not a crash
+            return AuthResult(AuthStatus.TEMPFAIL, f"user database {self.conf.sasldb_path}: {exc.__class__.__name__}")
+
+
+class DovecotRelay:
+    """``smtpd_sasl_type = dovecot``: the exchange goes to a Dovecot auth socket as it is."""
+
+    def __init__(self, socket_path: str, service: str) -> None:
+        self.client = DovecotAuthClient(socket_path, timeout=AUTH_TIMEOUT, service=service)
+
+    def mechanisms_now(self) -> tuple[str, ...] | None:
+        """Ask the daemon which mechanisms it offers (at start); None when it can not be reached."""
+        result = asyncio.run(self.client.mechanisms())
+        if isinstance(result, AuthResult):
+            return None
+        return tuple(m.name.upper() for m in result)

@@ -1,0 +1,200 @@
+"""SMTP AUTH through the real server: TLS first, the right codes, relaying, the log lines."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peers import free_port, wait_for_port, wait_for_text
+from test_server import Raw, client_ctx
+
+RELAY_RULES = "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+STRANGER = {"mynetworks": "192.0.2.0/24", "smtpd_relay_restrictions": RELAY_RULES, "smtpd_sasl_auth_enable": "yes"}
+
+
+def add_user(config_dir: Path, name: str, password: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "smarthost", "-c", str(config_dir), "users", "add", name],
+                          input=password + "\n", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+@pytest.fixture
+def auxprop_server(smarthost):
+    """A server whose sasl/smtpd.conf says auxprop (the user database), with alice/secret."""
+    s = smarthost(STRANGER, tls=True, start=False)
+    s.write_config()
+    (s.config_dir / "sasl").mkdir()
+    (s.config_dir / "sasl" / "smtpd.conf").write_text(
+        "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN SCRAM-SHA-256 SCRAM-SHA-1\n"
+    )
+    add_user(s.config_dir, "alice", "secret")
+    s.write_config = lambda: None  # keep the files made above
+    s.start()
+    return s
+
+
+def test_no_auth_before_tls_and_530_without_looking_at_credentials(auxprop_server):
+    s = auxprop_server
+    r = Raw(s.ports[0])
+    r.reply()
+    code, text = r.cmd("EHLO c")
+    assert "AUTH" not in text
+    code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
+    assert code == 530 and text.startswith("5.7.0")
+    time.sleep(0.2)
+    assert "SASL" not in s.log_text()
+
+
+def test_auth_after_starttls_lets_a_user_relay(auxprop_server):
+    s = auxprop_server
+    with smtplib.SMTP("127.0.0.1", s.ports[0], timeout=10) as c:
+        c.ehlo("client.example")
+        c.starttls(context=client_ctx(s))
+        c.ehlo("client.example")
+        assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-1"]
+        c.mail("alice@example.org")
+        code, text = c.rcpt("bob@foreign.example")
+        assert code == 554 and b"Relay access denied" in text  # not yet authenticated
+        c.rset()
+        c.login("alice", "secret")  # smtplib picks PLAIN
+        c.mail("alice@example.org")
+        assert c.rcpt("bob@foreign.example")[0] == 250
+        code, text = c.data(b"Subject: relayed\r\n\r\nhi\r\n")
+    assert code == 250
+    qid = text.decode().rsplit(" ", 1)[-1]
+    assert f"with ESMTPSA id {qid}".encode() in s.read_body(qid)
+    time.sleep(0.2)
+    assert f"{qid}: client=localhost[127.0.0.1], sasl_method=PLAIN, sasl_username=alice" in s.log_text()
+
+
+def test_login_mechanism_and_wrong_password(auxprop_server):
+    s = auxprop_server
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("STARTTLS")
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+    assert r.cmd("AUTH LOGIN") == (334, "VXNlcm5hbWU6")
+    assert r.cmd(base64.b64encode(b"alice").decode()) == (334, "UGFzc3dvcmQ6")
+    code, text = r.cmd(base64.b64encode(b"Wr0ngPw-7731").decode())
+    assert code == 535 and text.startswith("5.7.8")
+    assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 503  # no MAIL: sequence error, not relay
+    r.cmd("MAIL FROM:<a@example.org>")
+    assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 554  # a failed AUTH gives no relaying
+    r.cmd("RSET")
+    assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 235
+    assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 503  # second AUTH
+    time.sleep(0.2)
+    assert "warning: localhost[127.0.0.1]: SASL LOGIN authentication failed: authentication failure" in s.log_text()
+    assert "Wr0ngPw-7731" not in s.log_text() and "secret" not in s.log_text()
+
+
+def test_scram_sha_256_with_our_client_mechanism(auxprop_server):
+    from smarthost.sasl import ClientContext, client_mechanism
+
+    s = auxprop_server
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("STARTTLS")
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+    mech = client_mechanism("SCRAM-SHA-256", "alice", "secret", ClientContext(nonce="clientnonce123456"))
+    code, text = r.cmd("AUTH SCRAM-SHA-256 " + base64.b64encode(mech.start()).decode())
+    while code == 334:
+        answer = mech.step(base64.b64decode(text))
+        code, text = r.cmd(base64.b64encode(answer).decode())
+    assert code == 235, text
+
+
+def test_brute_force_is_cut_off_after_the_failure_limit(auxprop_server):
+    s = auxprop_server
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("STARTTLS")
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+    assert r.cmd("AUTH PLAIN " + plain("alice", "x1"))[0] == 535
+    assert r.cmd("AUTH PLAIN " + plain("alice", "x2"))[0] == 535
+    code, text = r.cmd("AUTH PLAIN " + plain("alice", "x3"))
+    assert code == 535
+    code, text = r.reply()
+    assert code == 421 and text.startswith("4.7.0")
+    assert r.closed()
+
+
+@pytest.fixture
+def authd(tmp_path):
+    """`smarthost authd -a passwd` on a private socket, with alice/secret in argon2id."""
+    from smarthost.authd.passwords import hash_password
+
+    sock_dir = tmp_path / "authd"
+    users = tmp_path / "passwd"
+    users.write_text(f"alice:{hash_password('secret')}\n")
+    users.chmod(0o600)
+    proc = subprocess.Popen([sys.executable, "-m", "smarthost", "authd", "-a", "passwd", "-O", str(users),
+                             "-m", str(sock_dir), "-d"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (sock_dir / "mux").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    yield sock_dir / "mux"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+
+
+def _saslauthd_server(smarthost, socket_path: Path):
+    s = smarthost(STRANGER, tls=True, start=False)
+    s.write_config()
+    (s.config_dir / "sasl").mkdir()
+    # The recipe's file, exactly as the howtos write it.
+    (s.config_dir / "sasl" / "smtpd.conf").write_text(
+        f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {socket_path}\n"
+    )
+    s.write_config = lambda: None
+    s.start()
+    return s
+
+
+def test_recipe_smtpd_conf_with_saslauthd_protocol(smarthost, authd):
+    s = _saslauthd_server(smarthost, authd)
+    with smtplib.SMTP("127.0.0.1", s.ports[0], timeout=10) as c:
+        c.starttls(context=client_ctx(s))
+        c.ehlo("c")
+        assert c.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+        c.login("alice", "secret")
+        c.mail("alice@example.org")
+        assert c.rcpt("bob@foreign.example")[0] == 250
+
+
+def test_missing_auth_daemon_is_a_temporary_failure_naming_the_path(smarthost, tmp_path):
+    missing = tmp_path / "nowhere" / "mux"
+    s = _saslauthd_server(smarthost, missing)
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("STARTTLS")
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+    started = time.monotonic()
+    code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
+    assert code == 454 and text == "4.7.0 Temporary authentication failure"
+    assert time.monotonic() - started < 12
+    r.cmd("MAIL FROM:<a@example.org>")
+    assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 554
+    time.sleep(0.2)
+    assert str(missing) in s.log_text()
