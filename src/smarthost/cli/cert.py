@@ -233,13 +233,13 @@ def _rows(rows: list[tuple[str, str]]) -> list[str]:
 
 
 def _info_lines(info: CertInfo, now: dt.datetime) -> list[str]:
-    left = info.days_left(now)
     if info.not_after < now:
-        remaining = f"EXPIRED {-left} days ago" if left < -1 else "EXPIRED"
+        ago = (now - info.not_after) // dt.timedelta(days=1)
+        remaining = f"EXPIRED {ago} days ago" if ago else "EXPIRED today"
     elif info.not_before > now:
         remaining = f"NOT YET VALID (until {_date(info.not_before)})"
     else:
-        remaining = f"{left} days left"
+        remaining = f"{info.days_left(now)} days left"
     return _rows([
         ("subject", info.subject),
         ("names (SAN)", ", ".join(info.names) or "(none)"),
