@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
@@ -549,6 +549,14 @@ def _usages(cert: x509.Certificate) -> set[x509.ObjectIdentifier] | None:
         return None
 
 
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def verify(chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate], name: str | None = None, *,
            now: dt.datetime | None = None, ca_name: str = "the CA file") -> list[x509.Certificate]:
     """Verify ``chain`` (the leaf, then any intermediates) up to one of ``anchors`` at ``now``
@@ -569,8 +577,12 @@ def verify(chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate
     if wanted is not None and not any(_matches(n, wanted) for n in names):
         have = ", ".join(name_text(n) for n in names) or "none"
         raise CertError(f"{name} is not a name of the certificate (its subjectAltNames: {have})")
-    if not any(c.subject == leaf.issuer for c in [*intermediates, *anchors]):
+    issuers = [c for c in [*intermediates, *anchors] if c.subject == leaf.issuer]
+    if not issuers:
         raise CertError(f"no certificate in {ca_name} issued it (its issuer: {leaf.issuer.rfc4514_string()})")
+    if not any(_signed_by(leaf, c) for c in issuers):
+        raise CertError(f"the CA certificate named {leaf.issuer.rfc4514_string()} did not sign it: another key "
+                        "has the same name (was the CA made again?)")
     usages = _usages(leaf)
     client_only = usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH in usages and \
         ExtendedKeyUsageOID.SERVER_AUTH not in usages

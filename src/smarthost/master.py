@@ -177,6 +177,8 @@ def _build_auth(service, cfg: Config, warnings: list[str], *, tls_possible: bool
         requires_tls=requires_tls,
         failure_limit=p["smtpd_sasl_auth_failure_limit"],
         authenticated_header=p["smtpd_sasl_authenticated_header"],
+        rate_limit=p["smtpd_client_auth_rate_limit"],
+        rate_unit=p["anvil_rate_time_unit"],
     )
     return auth, checker, relay
 

@@ -198,3 +198,55 @@ def test_missing_auth_daemon_is_a_temporary_failure_naming_the_path(smarthost, t
     assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 554
     time.sleep(0.2)
     assert str(missing) in s.log_text()
+
+
+def test_auth_rate_limit_across_sessions_and_workers(smarthost):
+    s = smarthost({**STRANGER, "smtpd_client_auth_rate_limit": "3", "smtpd_client_event_limit_exceptions": "",
+                   "smtpd_worker_processes": "2"}, tls=True, start=False)
+    s.write_config()
+    (s.config_dir / "sasl").mkdir()
+    (s.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: PLAIN\n")
+    add_user(s.config_dir, "alice", "secret")
+    s.write_config = lambda: None
+    s.start()
+    codes = []
+    for _ in range(5):  # one AUTH per session: the per-session limit never triggers
+        r = Raw(s.ports[0])
+        r.reply()
+        r.cmd("EHLO c")
+        r.cmd("STARTTLS")
+        r.starttls(client_ctx(s))
+        r.cmd("EHLO c")
+        code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
+        codes.append(code)
+        r.close()
+    assert codes == [235, 235, 235, 450, 450]
+    time.sleep(0.2)
+    assert "warning: AUTH command rate limit exceeded: 4 from localhost[127.0.0.1]" in s.log_text()
+
+
+def test_auth_parameter_is_honoured_only_after_authentication(auxprop_server):
+    s = auxprop_server
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("STARTTLS")
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+
+    def send(mail_from: str) -> str:
+        assert r.cmd(mail_from)[0] == 250
+        assert r.cmd("RCPT TO:<bob@example.test>")[0] == 250
+        r.cmd("DATA")
+        r.send(b"Subject: a\r\n\r\nx\r\n.\r\n")
+        code, text = r.reply()
+        assert code == 250
+        return text.rsplit(" ", 1)[-1]
+
+    forged = send("MAIL FROM:<a@example.org> AUTH=boss@example.org")
+    assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 235
+    honoured = send("MAIL FROM:<a@example.org> AUTH=alice@example.org")
+    entries = {e.id: e for e in s.queue_entries()}
+    assert entries[forged].envelope.auth == "<>"
+    assert entries[honoured].envelope.auth == "alice@example.org"
+    assert entries[honoured].envelope.sasl_username == "alice"

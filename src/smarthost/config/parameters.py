@@ -336,6 +336,7 @@ _TABLE: tuple[Parameter, ...] = (
     _int("smtpd_client_connection_count_limit", "50"),
     _list("smtpd_client_event_limit_exceptions", "$mynetworks", check=check_networks),
     _int("smtpd_client_auth_rate_limit", "0"),
+    _time("anvil_rate_time_unit", "60s"),
     # smarthost-only: failed AUTH attempts in one session before 421 and disconnect.
     _int("smtpd_sasl_auth_failure_limit", "3", minimum=1),
     # As in Postfix 3.9, "yes" means "normalize".

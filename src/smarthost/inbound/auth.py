@@ -44,6 +44,8 @@ class AuthSettings:
     requires_tls: bool  # smtpd_tls_auth_only
     failure_limit: int
     authenticated_header: bool  # smtpd_sasl_authenticated_header
+    rate_limit: int = 0  # smtpd_client_auth_rate_limit (0: none)
+    rate_unit: float = 60.0  # anvil_rate_time_unit
 
 
 class PasswordChecker:

@@ -407,6 +407,10 @@ class Session(asyncio.Protocol):
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
         """Run one AUTH step: the mechanism's requests go to the password checker or Dovecot."""
+        if isinstance(event, AuthStart) and self._auth_rate_exceeded():
+            self._busy = False
+            self._pump()
+            return
         try:
             if self.listener.dovecot is not None:
                 await self._auth_dovecot(event)
@@ -418,6 +422,26 @@ class Session(asyncio.Protocol):
         self._busy = False
         if self.transport is not None and not self.transport.is_closing():
             self._pump()
+
+    def _auth_parameter(self, params) -> str | None:
+        """RFC 4954 §5: AUTH= on MAIL FROM counts only from an authenticated client; from anyone
+        else it becomes ``<>`` (the identity is unknown), so it can never be forged onward."""
+        value = getattr(params, "auth", None)
+        if value is None:
+            return self.facts.sasl_username if self.facts.sasl_username else None
+        return value if self.facts.sasl_username else "<>"
+
+    def _auth_rate_exceeded(self) -> bool:
+        """``smtpd_client_auth_rate_limit``: AUTH commands per client per ``anvil_rate_time_unit``."""
+        auth = self.listener.auth
+        if not auth.rate_limit or self.listener.limit_exceptions.contains(self.address):
+            return False
+        count = self.worker.counts.event(self.address, int(time.time() // auth.rate_unit))
+        if count <= auth.rate_limit:
+            return False
+        self.maillog.warning(f"AUTH command rate limit exceeded: {count} from {self.label} for service {self.listener.name}")
+        self.conn.auth_fail(Reply(450, "4.7.1", f"Error: too many AUTH commands from {self.address}"))
+        return True
 
     async def _auth_cyrus(self, event: AuthStart | AuthResponse) -> None:
         auth = self.listener.auth
@@ -522,6 +546,7 @@ class Session(asyncio.Protocol):
             smtputf8=bool(getattr(params, "smtputf8", False)),
             envid=getattr(params, "envid", None),
             ret=getattr(params, "ret", None),
+            auth=self._auth_parameter(params),
         )
         body = self._received_header(queue_id) + data
         try:

@@ -132,6 +132,7 @@ class Envelope:
     smtputf8: bool = False  # RFC 6531
     envid: str | None = None  # RFC 3461 §4.4 ENVID
     ret: str | None = None  # RFC 3461 §4.3 RET
+    auth: str | None = None  # RFC 4954 §5 AUTH= of MAIL FROM: the submitter, or "<>" when not trusted
     arrival: float | None = None  # epoch seconds; the store fills time.time() if None
 
 
@@ -179,6 +180,7 @@ _ENVELOPE_FIELDS: dict[str, tuple[type, ...]] = {
     "smtputf8": (bool,),
     "envid": (str, type(None)),
     "ret": (str, type(None)),
+    "auth": (str, type(None)),
 }
 
 
@@ -685,6 +687,87 @@ class QueueStore:
                     "SELECT count(*) FROM messages WHERE state = ?", (QueueState(state).value,)
                 ).fetchone()
         return row[0]
+
+    # -- the queue manager's operations --------------------------------------------
+    # Only the queue manager moves entries into and out of ``active``.
+
+    def recover_active(self) -> int:
+        """After a crash: every ``active`` entry goes back to ``incoming`` (delivery is
+        at-least-once). Returns how many entries were recovered."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            return conn.execute(
+                "UPDATE messages SET state = 'incoming' WHERE state = 'active'"
+            ).rowcount
+
+    def claim_due(self, now: float, limit: int) -> list[QueueEntry]:
+        """Move up to ``limit`` entries that are due (incoming, or deferred with
+        ``next_attempt <= now``) to ``active`` in one transaction and return them, earliest
+        first. Entries whose envelope does not decode come back in state corrupt."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM messages WHERE state IN ('incoming', 'deferred')"
+                " AND next_attempt <= ? ORDER BY next_attempt, id LIMIT ?",
+                (now, max(0, limit)),
+            )]
+            conn.executemany(
+                "UPDATE messages SET state = 'active' WHERE id = ?", [(i,) for i in ids]
+            )
+        entries = [self.get(queue_id) for queue_id in ids]
+        return [entry for entry in entries if entry is not None]
+
+    def next_due(self) -> float | None:
+        """The earliest ``next_attempt`` of an incoming or deferred entry (None: none waits)."""
+        with self._transaction("BEGIN") as conn:
+            row = conn.execute(
+                "SELECT min(next_attempt) FROM messages WHERE state IN ('incoming', 'deferred')"
+            ).fetchone()
+        return row[0]
+
+    def recipient_results(self, queue_id: str) -> list[tuple[str | None, str | None]]:
+        """``(status, reply)`` of each recipient, by index: status is None (not tried or
+        not finished), 'sent', 'bounced' or 'deferred'."""
+        with self._transaction("BEGIN") as conn:
+            rows = conn.execute(
+                "SELECT status, reply FROM recipients WHERE message_id = ? ORDER BY idx",
+                (queue_id,),
+            ).fetchall()
+        return [(status, reply) for status, reply in rows]
+
+    def record_attempt(
+        self,
+        queue_id: str,
+        results: dict[int, tuple[str, str]],
+        *,
+        next_attempt: float | None = None,
+    ) -> None:
+        """Store the outcome of a delivery attempt durably, in one transaction.
+
+        ``results`` maps recipient index to ``(status, reply)`` with status 'sent',
+        'bounced' or 'deferred'. With ``next_attempt`` the entry also moves to ``deferred``
+        (attempts + 1) to be tried again at that time.
+        """
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            if next_attempt is None:
+                found = conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone()
+            else:
+                found = conn.execute(
+                    "UPDATE messages SET state = 'deferred', next_attempt = ?,"
+                    " attempts = attempts + 1 WHERE id = ?",
+                    (next_attempt, queue_id),
+                ).rowcount
+            if not found:
+                raise NoSuchEntry(f"no queue entry {queue_id}")
+            conn.executemany(
+                "UPDATE recipients SET status = ?, reply = ? WHERE message_id = ? AND idx = ?",
+                [(status, reply, queue_id, index) for index, (status, reply) in results.items()],
+            )
+
+    def make_deferred_due(self, now: float) -> int:
+        """Flush: every deferred entry becomes due at ``now``. Returns how many."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            return conn.execute(
+                "UPDATE messages SET next_attempt = ? WHERE state = 'deferred'", (now,)
+            ).rowcount
 
     def remove_orphan_bodies(self, older_than: float = 3600.0) -> int:
         """Remove body files that no entry references and that are older than
