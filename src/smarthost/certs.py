@@ -44,6 +44,7 @@ MAX_PEM_BYTES = 1024 * 1024
 #: Backdating of notBefore, for peers whose clocks are a little behind.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
 
@@ -143,9 +144,6 @@ def key_description(key: PublicKey | PrivateKey) -> str:
     return type(key).__name__
 
 
-_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-
-
 def _check_public_key(key: object, where: str | Path) -> PublicKey:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
@@ -231,33 +229,27 @@ def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
     """Create ``path`` with ``mode`` from the start. Without ``force`` the file must not exist
     (O_EXCL, so a file or symlink appearing meanwhile is not followed); with ``force`` a temporary
     file in the same directory replaces it atomically (a symlink there is replaced, not followed)."""
+    path = Path(path)
     try:
-        if not force:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            target = None
+        if force:
+            fd, written = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
         else:
-            fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
-            target = Path(tmp)
+            fd, written = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), str(path)
     except FileExistsError:
         raise CertError(f"{path} exists; use --force to replace it") from None
     except OSError as e:
         raise CertError(f"cannot create {path}: {e.strerror}") from None
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        if target is not None:
-            os.replace(target, path)
-            target = None
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(written, path)
     except OSError as e:
+        Path(written).unlink(missing_ok=True)
         raise CertError(f"cannot write {path}: {e.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if target is not None:
-            target.unlink(missing_ok=True)
 
 
 def write_private(path: Path, data: bytes, *, force: bool = False) -> None:
@@ -338,9 +330,8 @@ def build_ca(key: PrivateKey, cn: str, *, days: int = CA_DAYS, now: dt.datetime 
 
 
 def build_csr(key: PrivateKey, cn: str, sans: Sequence[str]) -> x509.CertificateSigningRequest:
-    """A CSR (PKCS#10, RFC 2986) for ``cn``; its SANs are the CN when that is a host name, and
-    ``sans``. A CN that is no host name (a client's name) is allowed when ``sans`` are given or
-    for client certificates."""
+    """A CSR (PKCS#10, RFC 2986) for ``cn``; its SANs are the CN when that is a host name, then
+    ``sans``. A CN that is no host name (a person's or a client's name) is kept out of the SANs."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(_cn(cn))
     names = _alt_names(cn, sans, cn_required=False)
     if names:

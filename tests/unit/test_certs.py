@@ -625,3 +625,9 @@ def test_every_subcommand_has_help(capsys):
             cert_cli(*args, "--help")
         assert exc.value.code == 0
         assert "usage: smarthost cert " + " ".join(args) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_missing_directory_is_named(force, capsys):
+    assert cert_cli("selfsigned", "--cn", "h.example.test", "--cert", "c.pem", "--key", "nodir/k.pem", *force) == 1
+    assert "cannot create nodir/k.pem: No such file or directory" in capsys.readouterr().err
