@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import fcntl
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "queue.db"
 BODIES_DIR = "bodies"
+LOCK_NAME = "queue.lock"  # writers take it (flock) around each write transaction
 SCHEMA_VERSION = 1
 
 _SCHEMA = (
@@ -297,6 +299,13 @@ class QueueStore:
         self._conn = self._connect()  # reads and management, under _conn_lock
         self._conn_lock = threading.Lock()
         self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Writers queue up on this lock (a kernel wait, woken at once) instead of polling SQLite's
+        # write lock with its busy handler, which sleeps 1 ms and more between tries: with several
+        # worker processes that sleep was most of a message's latency. One descriptor per
+        # connection, so the committer and the management connection exclude each other too.
+        lock_path = self.directory / LOCK_NAME
+        self._writer_lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._conn_lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
         self._pending: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop submit() last ran on
@@ -513,8 +522,9 @@ class QueueStore:
         if self._synchronous and any(item.body_file is not None for item in batch):
             os.fsync(self._bodies_fd)  # body files' directory entries before the rows
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
+        fcntl.flock(self._writer_lock_fd, fcntl.LOCK_EX)
         try:
+            conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT_MESSAGE, [item.message_row for item in batch])
             conn.executemany(_INSERT_RECIPIENT, [r for item in batch for r in item.recipient_rows])
             bodies = [item.body_row for item in batch if item.body_row is not None]
@@ -524,6 +534,8 @@ class QueueStore:
         except BaseException:
             self._abandon_transaction()
             raise
+        finally:
+            fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
 
     def _abandon_transaction(self) -> None:
         if not self._writer.in_transaction:
@@ -556,8 +568,11 @@ class QueueStore:
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         """A transaction on the management connection; sqlite errors become QueueError."""
+        writing = begin != "BEGIN"
         with self._conn_lock:
             conn = self._conn
+            if writing:
+                fcntl.flock(self._conn_lock_fd, fcntl.LOCK_EX)
             try:
                 conn.execute(begin)
                 try:
@@ -568,6 +583,9 @@ class QueueStore:
                         conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 raise QueueError(f"queue database {self.directory / DB_NAME}: {exc}") from exc
+            finally:
+                if writing:
+                    fcntl.flock(self._conn_lock_fd, fcntl.LOCK_UN)
 
     def list(self, state: QueueState | None = None) -> list[QueueEntry]:
         """Entries in ``state`` (all if None), oldest id first."""
@@ -769,6 +787,66 @@ class QueueStore:
                 "UPDATE messages SET next_attempt = ? WHERE state = 'deferred'", (now,)
             ).rowcount
 
+    # -- operator tools (smarthost queue ...) --------------------------------------
+
+    def flush(self, now: float | None = None) -> int:
+        """Make every deferred entry due at ``now``; return how many were waiting longer."""
+        now = time.time() if now is None else now
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            cursor = conn.execute(
+                "UPDATE messages SET next_attempt = ? WHERE state = 'deferred' AND next_attempt > ?",
+                (now, now),
+            )
+        return cursor.rowcount
+
+    def hold(self, queue_id: str) -> bool:
+        """Put an entry on hold; False when it is corrupt (corrupt entries stay where they are)."""
+        return self._change_state(queue_id, "hold", "state != 'corrupt'", None)
+
+    def release(self, queue_id: str, now: float | None = None) -> bool:
+        """Move an entry from hold to deferred, due at ``now``; False when it is not on hold."""
+        return self._change_state(queue_id, "deferred", "state = 'hold'", now)
+
+    def requeue(self, queue_id: str, now: float | None = None) -> bool:
+        """Send an entry through the queue manager again (state incoming, due at ``now``), with
+        its deferred recipients' outcomes forgotten; False when it is corrupt."""
+        done = self._change_state(queue_id, "incoming", "state != 'corrupt'", now)
+        if done:
+            with self._transaction("BEGIN IMMEDIATE") as conn:
+                conn.execute(
+                    "UPDATE recipients SET status = NULL, reply = NULL"
+                    " WHERE message_id = ? AND status = 'deferred'",
+                    (queue_id,),
+                )
+        return done
+
+    def _change_state(self, queue_id: str, state: str, condition: str, now: float | None) -> bool:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            if now is None and state != "hold":
+                now = time.time()
+            if now is None:
+                cursor = conn.execute(
+                    f"UPDATE messages SET state = ? WHERE id = ? AND {condition}", (state, queue_id)
+                )
+            else:
+                cursor = conn.execute(
+                    f"UPDATE messages SET state = ?, next_attempt = ? WHERE id = ? AND {condition}",
+                    (state, now, queue_id),
+                )
+            if cursor.rowcount:
+                return True
+            if conn.execute("SELECT 1 FROM messages WHERE id = ?", (queue_id,)).fetchone() is None:
+                raise NoSuchEntry(f"no queue entry {queue_id}")
+            return False
+
+    def recipient_statuses(self, queue_id: str) -> list[tuple[str, str | None, str | None]]:
+        """``(address, status, reply)`` per recipient, in order; status None while pending."""
+        with self._transaction("BEGIN") as conn:
+            return conn.execute(
+                "SELECT address, status, reply FROM recipients WHERE message_id = ? ORDER BY idx",
+                (queue_id,),
+            ).fetchall()
+
     def remove_orphan_bodies(self, older_than: float = 3600.0) -> int:
         """Remove body files that no entry references and that are older than
         ``older_than`` seconds (left by a crash between writing the file and
@@ -814,6 +892,8 @@ class QueueStore:
         with self._conn_lock:
             self._conn.close()
         os.close(self._bodies_fd)
+        os.close(self._writer_lock_fd)
+        os.close(self._conn_lock_fd)
 
     def __enter__(self) -> QueueStore:
         return self
