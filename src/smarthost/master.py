@@ -116,6 +116,9 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         myhostname=p["myhostname"],
         inet_addresses_for_ip_literals=_own_addresses(service, p),
         recipient_delimiter=p["recipient_delimiter"],
+        sender_login_maps=p["smtpd_sender_login_maps"],
+        myorigin=p["myorigin"],
+        sasl_auth_enable=p["smtpd_sasl_auth_enable"],
     )
     try:
         policy = Policy.build(policy_settings, open_table=tables)

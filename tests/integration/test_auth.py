@@ -250,3 +250,28 @@ def test_auth_parameter_is_honoured_only_after_authentication(auxprop_server):
     assert entries[forged].envelope.auth == "<>"
     assert entries[honoured].envelope.auth == "alice@example.org"
     assert entries[honoured].envelope.sasl_username == "alice"
+
+
+def test_sender_login_maps_refuse_a_sender_the_user_does_not_own(smarthost):
+    s = smarthost({**STRANGER, "smtpd_sender_restrictions": "reject_sender_login_mismatch"}, tls=True, start=False)
+    s.main_cf["smtpd_sender_login_maps"] = f"texthash:{s.config_dir}/senders"
+    s.write_config()
+    (s.config_dir / "senders").write_text("alice@example.org alice\nboss@example.org boss\n")
+    (s.config_dir / "sasl").mkdir()
+    (s.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: PLAIN\n")
+    add_user(s.config_dir, "alice", "secret")
+    s.write_config = lambda: None
+    s.start()
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("STARTTLS")
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+    r.cmd("AUTH PLAIN " + plain("alice", "secret"))
+    r.cmd("MAIL FROM:<boss@example.org>")
+    code, text = r.cmd("RCPT TO:<x@foreign.example>")
+    assert (code, text) == (553, "5.7.1 <boss@example.org>: Sender address rejected: not owned by user alice")
+    r.cmd("RSET")
+    r.cmd("MAIL FROM:<alice@example.org>")
+    assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 250

@@ -509,3 +509,249 @@ def test_domain_lists(tmp_path):
     assert policy.is_relay_domain("x.trelay.example")
     assert not policy.is_relay_domain("[192.0.2.1]")
     assert not policy.is_relay_domain("example.org")
+
+
+# --- address extensions (recipient_delimiter) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "sender", "keys"),
+    [
+        ("+", "joe+x@example.org", ["joe+x@example.org", "joe@example.org", "example.org", "org", "joe+x@", "joe@"]),
+        ("+-", "joe-x+y@example.org", ["joe-x+y@example.org", "joe@example.org", "example.org", "org", "joe-x+y@", "joe@"]),
+        # Postfix does not split when the first delimiter starts the local part...
+        ("+-", "-x+y@example.org", ["-x+y@example.org", "example.org", "org", "-x+y@"]),
+        ("+", "+x@example.org", ["+x@example.org", "example.org", "org", "+x@"]),
+        # ... nor postmaster, nor (with "-") the mailing-list names owner-* and *-request.
+        ("+", "Postmaster+x@example.org", ["Postmaster+x@example.org", "Postmaster@example.org", "example.org", "org", "Postmaster+x@", "Postmaster@"]),
+        ("+", "postmaster@example.org", ["postmaster@example.org", "example.org", "org", "postmaster@"]),
+        ("-", "owner-list@example.org", ["owner-list@example.org", "example.org", "org", "owner-list@"]),
+        ("-", "list-request@example.org", ["list-request@example.org", "example.org", "org", "list-request@"]),
+        ("+", "list-request+x@example.org", ["list-request+x@example.org", "list-request@example.org", "example.org", "org", "list-request+x@", "list-request@"]),
+        ("", "joe+x@example.org", ["joe+x@example.org", "example.org", "org", "joe+x@"]),
+    ],
+)
+def test_access_keys_split_the_extension_like_postfix(delimiter, sender, keys):
+    table = RecordingTable()
+    policy = with_table(table, sender_restrictions=["check_sender_access fake:table"], recipient_delimiter=delimiter)
+    policy.check_sender(OUTSIDER, sender)
+    assert table.keys == keys
+
+
+# --- sender login maps (smtpd_sender_login_maps) -----------------------------------------------
+
+LOGINS = {
+    "alice@example.com": "alice",
+    "carol@example.com": "carol",
+    "shared@example.com": "alice, Bob  carol",
+    "@partner.example": "bob",
+    "dave": "dave",
+    "nobody@example.com": "",
+}
+
+
+def as_user(login: str | None) -> ClientFacts:
+    return ClientFacts(address="203.0.113.9", helo="laptop.example.org", sasl_username=login, tls=True)
+
+
+def with_logins(maps=None, **changes) -> Policy:
+    """The seed's relay rule, example.com local, and login maps from ``maps`` (spec -> table)."""
+    maps = maps if maps is not None else {"fake:logins": RecordingTable(LOGINS)}
+    settings = dict(
+        relay_restrictions=SEED_RELAY,
+        mynetworks=NetworkList.parse(["192.168.0.0/16"]),
+        mydestination=["example.com"],
+        myhostname="mail.example.com",
+        recipient_delimiter="+",
+        sender_login_maps=" ".join(maps),
+    )
+    settings.update(changes)
+    return Policy.build(PolicySettings(**settings), open_table=maps.__getitem__)
+
+
+def not_owned(sender: str, login: str) -> str:
+    return f"553 5.7.1 <{sender}>: Sender address rejected: not owned by user {login}"
+
+
+def not_logged_in(sender: str) -> str:
+    return f"553 5.7.1 <{sender}>: Sender address rejected: not logged in"
+
+
+ALL = "reject_sender_login_mismatch"
+AUTH = "reject_authenticated_sender_login_mismatch"
+UNAUTH = "reject_unauthenticated_sender_login_mismatch"
+KNOWN = "reject_known_sender_login_mismatch"
+
+
+@pytest.mark.parametrize(
+    ("restriction", "login", "sender", "expected"),
+    [
+        # The owner, in any case, with an address extension, or via the owner list.
+        (ALL, "alice", "alice@example.com", "permit"),
+        (ALL, "ALICE", "Alice@Example.COM", "permit"),
+        (ALL, "alice", "alice+news@example.com", "permit"),
+        (ALL, "alice", "shared@example.com", "permit"),
+        (ALL, "bob", "shared@example.com", "permit"),
+        (ALL, "carol", "shared@example.com", "permit"),
+        (ALL, "bob", "anyone@partner.example", "permit"),
+        (ALL, "dave", "dave@example.com", "permit"),  # the bare "user" key: example.com is local
+        # A sender not owned by the user is refused (issue 3), as is one nobody owns.
+        (ALL, "alice", "carol@example.com", not_owned("carol@example.com", "alice")),
+        (ALL, "dave", "shared@example.com", not_owned("shared@example.com", "dave")),
+        (ALL, "alice", "anyone@partner.example", not_owned("anyone@partner.example", "alice")),
+        (ALL, "alice", "nobody@example.com", not_owned("nobody@example.com", "alice")),
+        (ALL, "alice", "stranger@foreign.example", not_owned("stranger@foreign.example", "alice")),
+        (ALL, "dave", "dave@foreign.example", not_owned("dave@foreign.example", "dave")),  # "dave" is for local domains only
+        (ALL, "alice@example.com", "alice@example.com", not_owned("alice@example.com", "alice@example.com")),
+        # A client that is not logged in may not use a listed sender; unlisted ones are free.
+        (ALL, None, "alice@example.com", not_logged_in("alice@example.com")),
+        (ALL, None, "anyone@partner.example", not_logged_in("anyone@partner.example")),
+        (ALL, None, "nobody@example.com", not_logged_in("nobody@example.com")),
+        (ALL, None, "stranger@foreign.example", "permit"),
+        # The null sender is never checked.
+        (ALL, "alice", "", "permit"),
+        (ALL, None, "", "permit"),
+        (AUTH, "alice", "", "permit"),
+        (KNOWN, None, "", "permit"),
+        # The partial forms.
+        (AUTH, "alice", "carol@example.com", not_owned("carol@example.com", "alice")),
+        (AUTH, "alice", "stranger@foreign.example", not_owned("stranger@foreign.example", "alice")),
+        (AUTH, None, "alice@example.com", "permit"),
+        (UNAUTH, None, "alice@example.com", not_logged_in("alice@example.com")),
+        (UNAUTH, "alice", "carol@example.com", "permit"),
+        (KNOWN, "alice", "carol@example.com", not_owned("carol@example.com", "alice")),
+        (KNOWN, "alice", "stranger@foreign.example", "permit"),
+        (KNOWN, "alice", "alice@example.com", "permit"),
+        (KNOWN, None, "carol@example.com", not_logged_in("carol@example.com")),
+        (KNOWN, None, "stranger@foreign.example", "permit"),
+    ],
+)
+def test_sender_login_mismatch(restriction, login, sender, expected):
+    policy = with_logins(sender_restrictions=[restriction])
+    d = policy.check_recipient(as_user(login), sender, "bob@example.com")
+    assert line(d) == expected
+    if d.rejected:
+        assert (d.action, d.restriction, d.stage) == ("reject", restriction, Stage.SENDER)
+    assert line(policy.check_sender(as_user(login), sender)) == expected
+
+
+def test_seed_submission_setup_refuses_foreign_senders_and_strangers(tmp_path):
+    # Issue 3: after AUTH the user relays, but only with an address the user owns.
+    logins = tmp_path / "sender_logins"
+    logins.write_text("alice@example.com alice\n@example.org bob, carol\n")
+    policy = make(
+        sender_restrictions=["reject_sender_login_mismatch"],
+        sender_login_maps=f"texthash:{logins}",
+    )
+    assert policy.check_recipient(AUTHENTICATED, "alice@example.com", "x@foreign.example").action == "permit"
+    assert policy.check_recipient(AUTHENTICATED, "boss@example.org", "x@foreign.example").reply_line == (
+        not_owned("boss@example.org", "alice")
+    )
+    assert policy.check_recipient(as_user("carol"), "boss@example.org", "x@foreign.example").action == "permit"
+    # A failed AUTH leaves the client unauthenticated: no relaying, and no listed sender.
+    assert policy.check_recipient(OUTSIDER, "eve@evil.example", "x@foreign.example").reply_line == (
+        "554 5.7.1 <x@foreign.example>: Relay access denied"
+    )
+    assert policy.check_recipient(OUTSIDER, "alice@example.com", "bob@example.com").reply_line == (
+        not_logged_in("alice@example.com")
+    )
+
+
+def test_login_mismatch_in_the_recipient_list_and_from_an_access_table():
+    policy = with_logins(recipient_restrictions=[ALL, "permit_sasl_authenticated", "reject"])
+    d = policy.check_recipient(as_user("alice"), "carol@example.com", "x@foreign.example")
+    assert (d.reply_line, d.stage) == (not_owned("carol@example.com", "alice"), Stage.RECIPIENT)
+    assert policy.check_recipient(as_user("alice"), "alice@example.com", "x@foreign.example").action == "permit"
+
+    access = RecordingTable({"example.com": "reject_sender_login_mismatch"})
+    maps = {"fake:logins": RecordingTable(LOGINS), "fake:access": access}
+    policy = with_logins(maps, sender_restrictions=["check_sender_access fake:access"], sender_login_maps="fake:logins")
+    assert policy.check_recipient(as_user("alice"), "carol@example.com", "bob@example.com").reply_line == (
+        not_owned("carol@example.com", "alice")
+    )
+    assert policy.check_recipient(as_user("alice"), "carol@foreign.example", "bob@example.com").action == "permit"
+
+
+@pytest.mark.parametrize(
+    ("sender", "changes", "keys"),
+    [
+        ("Alice+News@Example.COM.", {}, ["alice+news@example.com", "alice@example.com", "alice+news", "alice", "@example.com"]),
+        ("joe@foreign.example", {}, ["joe@foreign.example", "@foreign.example"]),
+        ("joe@[192.0.2.1]", {"inet_addresses_for_ip_literals": ["192.0.2.1"]}, ["joe@[192.0.2.1]", "joe", "@[192.0.2.1]"]),
+        # A sender without a domain is user@$myorigin, and $myorigin is local.
+        ("joe", {}, ["joe@mail.example.com", "joe", "@mail.example.com"]),
+        ("joe", {"myorigin": "example.org"}, ["joe@example.org", "joe", "@example.org"]),
+        ("joe@example.org", {"myorigin": "example.org"}, ["joe@example.org", "joe", "@example.org"]),
+    ],
+)
+def test_sender_login_map_lookup_order(sender, changes, keys):
+    table = RecordingTable()
+    with_logins({"fake:logins": table}, sender_restrictions=[ALL], **changes).check_sender(as_user("alice"), sender)
+    assert table.keys == keys
+
+
+def test_each_key_is_tried_in_every_map_before_the_next_key():
+    first = RecordingTable({"@example.com": "carol"})
+    second = RecordingTable({"alice@example.com": "alice"})
+    maps = {"fake:first": first, "fake:second": second}
+    policy = with_logins(maps, sender_restrictions=[ALL], sender_login_maps=["fake:first, fake:second"])
+    assert policy.check_sender(as_user("alice"), "alice@example.com").action == "permit"
+    assert (first.keys, second.keys) == (["alice@example.com"], ["alice@example.com"])
+    assert line(policy.check_sender(as_user("alice"), "bob@example.com")) == not_owned("bob@example.com", "alice")
+
+
+def test_with_sasl_disabled_unauthenticated_clients_are_not_checked():
+    # postconf(5): the unauthenticated part applies "when SASL is enabled".
+    policy = with_logins(sender_restrictions=[ALL], sasl_auth_enable=False)
+    assert policy.check_sender(OUTSIDER, "alice@example.com").action == "permit"
+    assert line(policy.check_sender(as_user("alice"), "carol@example.com")) == not_owned("carol@example.com", "alice")
+
+
+def test_login_map_failure_defers_naming_the_sender():
+    policy = with_logins({"fake:logins": RecordingTable(fail=True)}, sender_restrictions=[ALL])
+    d = policy.check_recipient(as_user("alice"), "alice@example.com", "bob@example.com")
+    assert (d.action, d.reply_line) == ("defer", "451 4.3.0 <alice@example.com>: Temporary lookup failure")
+    assert d.reason.endswith("(fake:table: connection refused)")
+
+
+def test_login_text_is_made_printable():
+    d = with_logins(sender_restrictions=[ALL]).check_sender(as_user("eve\r\n250 ok"), "alice@example.com")
+    assert d.text == "<alice@example.com>: Sender address rejected: not owned by user eve??250 ok"
+
+
+@pytest.mark.parametrize("restriction", [ALL, AUTH, UNAUTH, KNOWN])
+def test_login_mismatch_without_login_maps_is_refused(restriction):
+    with pytest.raises(PolicyError) as e:
+        make(sender_restrictions=[restriction])
+    assert str(e.value) == (
+        f"smtpd_sender_restrictions: {restriction} needs smtpd_sender_login_maps, the table of the SASL logins "
+        "that own each sender address; e.g. smtpd_sender_login_maps = texthash:/etc/smarthost/sender_logins"
+    )
+
+
+@pytest.mark.parametrize(
+    ("maps", "message"),
+    [
+        ("/etc/postfix/sender_logins", 'smtpd_sender_login_maps: "/etc/postfix/sender_logins" is not a table: write type:name'),
+        ("nosuch:/etc/postfix/sender_logins", 'smtpd_sender_login_maps: nosuch:/etc/postfix/sender_logins: unsupported table type "nosuch"'),
+        ("inline:{ a=b", 'smtpd_sender_login_maps: missing "}"'),
+    ],
+)
+def test_bad_login_maps_are_refused(maps, message):
+    with pytest.raises(PolicyError) as e:
+        make(sender_login_maps=maps)
+    assert str(e.value).startswith(message)
+
+
+@given(
+    owners=st.lists(st.text(alphabet="abcXYZ.@_-", min_size=1, max_size=6), min_size=1, max_size=4),
+    separators=st.lists(st.sampled_from([",", " ", ", ", " ,\t", ",,"]), min_size=4, max_size=4),
+    other=st.text(alphabet="abcXYZ.@_-", min_size=1, max_size=6),
+)
+def test_owner_lists_split_at_commas_and_whitespace(owners, separators, other):
+    value = "".join(o + s for o, s in zip(owners, separators))
+    policy = with_logins({"fake:logins": RecordingTable({"team@example.com": value})}, sender_restrictions=[AUTH])
+    for owner in owners:
+        assert policy.check_sender(as_user(owner.swapcase()), "team@example.com").action == "permit"
+    expected = "permit" if other.casefold() in {o.casefold() for o in owners} else not_owned("team@example.com", other)
+    assert line(policy.check_sender(as_user(other), "team@example.com")) == expected

@@ -13,19 +13,36 @@ recipient lists, so that the reply names the recipient and the log has the whole
 Reply texts are Postfix's (e.g. ``554 5.7.1 <bob@foreign.example>: Relay access denied``), so
 log-watching tools written for Postfix keep working.
 
+Sender login maps (postconf(5) ``smtpd_sender_login_maps`` and ``smtpd_sender_restrictions``): the
+tables say which SASL login names own a MAIL FROM address; the ``reject_*sender_login_mismatch``
+restrictions then refuse an authenticated client that uses an address it does not own (``553 5.7.1
+<addr>: Sender address rejected: not owned by user alice``) and, while SASL is enabled, an
+unauthenticated client that uses an address someone owns (``... not logged in``). The null sender
+is never checked. Table keys are looked up one by one in every table in order, the first hit
+decides: ``user+ext@domain``, ``user@domain``, then ``user+ext`` and ``user`` only when the domain is
+$myorigin, in $mydestination or an address literal of this server, then ``@domain``. An address
+without a domain is taken as ``user@$myorigin``. The owners are a comma/space list, compared with
+the login case-insensitively. (Postfix asks regexp and CIDR tables for the full address only; here
+every table is asked every key, as the Table interface does not say which kind a table is.)
+
+Address extensions (postconf(5) ``recipient_delimiter``) are split as Postfix does, through
+:mod:`smarthost.tables.keys`: at the first delimiter character of any kind, and not at all when it
+starts the local part, for ``postmaster``, or (with ``-`` among the delimiters) for ``owner-*`` and
+``*-request``.
+
 Not implemented yet, and refused at build time with a clear message so that no one believes a
 protection is active when it is not: restrictions that need DNS (``reject_unknown_*``,
-``reject_rbl_client``, ...), recipient or sender-login maps (``reject_unlisted_recipient``,
-``reject_sender_login_mismatch``), policy services, ``smtpd_restriction_classes`` and the access
-table actions with side effects (``HOLD``, ``DISCARD``, ``REDIRECT``, ``FILTER``, ``BCC``,
-``PREPEND``, ``WARN``, ``INFO``, ``DEFER_IF_*``), which defer mail with "Server configuration
-error" when a table returns them.
+``reject_rbl_client``, ...), recipient maps (``reject_unlisted_recipient``), policy services,
+``smtpd_restriction_classes`` and the access table actions with side effects (``HOLD``,
+``DISCARD``, ``REDIRECT``, ``FILTER``, ``BCC``, ``PREPEND``, ``WARN``, ``INFO``, ``DEFER_IF_*``),
+which defer mail with "Server configuration error" when a table returns them.
 """
 
 from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import ipaddress
 import logging
 import re
@@ -37,6 +54,7 @@ from typing import Literal
 from smarthost import tables
 from smarthost.netaddr import NetworkList, client_address
 from smarthost.tables import Table, TableError, read_list_file, split_list
+from smarthost.tables.keys import NULL_SENDER_KEY, domain_keys, split_extension, virtual_keys
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +146,14 @@ class PolicySettings:
     ``!domain``, ``/file/name`` or ``type:table``; ``relay_domains`` also matches subdomains of a
     plain ``domain`` (Postfix's ``parent_domain_matches_subdomains`` default), ``mydestination``
     does not. ``inet_addresses_for_ip_literals`` are the server's own addresses: ``user@[addr]``
-    is local only for those. ``myhostname`` is not used by the restrictions implemented so far
-    (it is part of the settings the config layer hands over)."""
+    is local only for those. ``myorigin`` (empty: ``myhostname``, Postfix's default) completes a
+    sender address without a domain for the sender login maps.
+
+    ``sender_login_maps`` is ``smtpd_sender_login_maps``: ``type:name`` tables (a string of several,
+    separated by commas or spaces, or a list), opened once at build time. ``sasl_auth_enable`` is
+    ``smtpd_sasl_auth_enable`` for the service: with ``no`` the sender login restrictions do not
+    refuse unauthenticated clients (Postfix: they apply "when SASL is enabled"). Its default here is
+    ``True``, not Postfix's ``no``, so that a caller who forgets it errs on the side of refusing."""
 
     client_restrictions: Sequence[str] = ()
     helo_restrictions: Sequence[str] = ()
@@ -144,6 +168,9 @@ class PolicySettings:
     inet_addresses_for_ip_literals: Sequence[str] = ()
     recipient_delimiter: str = ""
     delay_reject: bool = True
+    myorigin: str = ""
+    sender_login_maps: str | Sequence[str] = ()
+    sasl_auth_enable: bool = True
 
 
 # A compiled restriction: request in, decision out (None: no opinion, go on).
@@ -168,6 +195,8 @@ _BAD_NAME_CODE = 501
 _ACCESS_REJECT_CODE = 554
 _ACCESS_DEFER_CODE = 450
 _PLAINTEXT_CODE = 450
+# Fixed in Postfix, not a parameter: the reply to a sender login mismatch.
+_LOGIN_MISMATCH_CODE = 553
 
 _CLASS_NAMES = {
     Stage.CLIENT: "Client host",
@@ -186,9 +215,7 @@ _NOT_YET = frozenset(
     reject_unknown_recipient_domain reject_unlisted_recipient reject_unlisted_sender
     reject_unverified_sender reject_unverified_recipient reject_rbl_client reject_rhsbl_client
     reject_rhsbl_reverse_client reject_rhsbl_helo reject_rhsbl_sender reject_rhsbl_recipient
-    permit_dnswl_client permit_rhswl_client check_policy_service reject_sender_login_mismatch
-    reject_authenticated_sender_login_mismatch reject_known_sender_login_mismatch
-    reject_unauthenticated_sender_login_mismatch reject_unauth_pipelining permit_tls_clientcerts
+    permit_dnswl_client permit_rhswl_client check_policy_service reject_unauth_pipelining permit_tls_clientcerts
     permit_tls_all_clientcerts check_ccert_access check_sasl_access reject_multi_recipient_bounce
     permit_mx_backup check_relay_domains warn_if_reject defer_if_permit defer_if_reject sleep
     check_client_a_access check_client_mx_access check_client_ns_access
@@ -268,14 +295,6 @@ def _fqdn_address(address: str) -> bool:
     return valid_hostname(domain) and "." in domain.rstrip(".")
 
 
-def _parent_domains(domain: str) -> list[str]:
-    """``a.b.c`` -> ``["a.b.c", "b.c", "c"]``; an address literal has no parents."""
-    if _is_literal(domain):
-        return [domain]
-    labels = domain.split(".")
-    return [".".join(labels[i:]) for i in range(len(labels)) if labels[i]]
-
-
 class _DomainList:
     """mydestination / relay_domains: first matching entry decides, as Postfix's match lists."""
 
@@ -317,7 +336,7 @@ class _DomainList:
     def matches(self, domain: str) -> bool:
         """May raise TableError from a ``type:table`` entry."""
         domain = _normalize_domain(domain)
-        parents = _parent_domains(domain)
+        parents = domain_keys(domain)
         for entry in self._entries:
             kind, negate = entry[0], entry[1]
             if kind == "set":
@@ -355,6 +374,8 @@ class Policy:
                 raise PolicyError(f'inet_interfaces: "{addr}" is not an IP address')
             self._own_literals.add(str(parsed))
         self._value_rules: dict[tuple[str, Stage], tuple[tuple[str, _Rule], ...] | str] = {}
+        self._myorigin = _normalize_domain(settings.myorigin or settings.myhostname)
+        self._login_maps = self._open_login_maps(settings.sender_login_maps)
         lists = {
             Stage.CLIENT: settings.client_restrictions,
             Stage.HELO: settings.helo_restrictions,
@@ -513,6 +534,23 @@ class Policy:
             names.append(name)
         return names, tuple(rules)
 
+    def _open_login_maps(self, value: str | Sequence[str]) -> tuple[Table, ...]:
+        param = "smtpd_sender_login_maps"
+        maps = []
+        for spec in _items(param, [value] if isinstance(value, str) else value):
+            if ":" not in spec:
+                raise PolicyError(
+                    f'{param}: "{spec}" is not a table: write type:name, e.g. texthash:/etc/smarthost/sender_logins'
+                )
+            table = self._tables.get(spec)
+            if table is None:
+                try:
+                    table = self._tables[spec] = self._open_table(spec)
+                except TableError as e:
+                    raise PolicyError(f"{param}: {spec}: {e}") from None
+            maps.append(table)
+        return tuple(maps)
+
     def _table(self, stage: Stage, name: str, spec: str) -> Table:
         table = self._tables.get(spec)
         if table is None:
@@ -565,6 +603,59 @@ class Policy:
     def _r_permit_sasl_authenticated(self, stage: Stage, name: str) -> _Rule:
         decision = Decision("permit", restriction=name, stage=stage)
         return lambda req: decision if req.facts.sasl_username else None
+
+    def _r_sender_login_mismatch(self, stage: Stage, name: str, *, authenticated: Literal["all", "listed"] | None,
+                                 unauthenticated: bool) -> _Rule:
+        """postconf(5) smtpd_sender_restrictions. For an authenticated client, ``authenticated``
+        says which senders its login must own: ``"all"`` (an unlisted sender is refused too),
+        ``"listed"`` (only those in the maps), ``None`` (not checked). With ``unauthenticated``, and
+        SASL enabled, a client that is not logged in may not use a listed sender."""
+        if not self._login_maps:
+            raise PolicyError(
+                f"{stage.value}: {name} needs smtpd_sender_login_maps, the table of the SASL logins that own "
+                "each sender address; e.g. smtpd_sender_login_maps = texthash:/etc/smarthost/sender_logins"
+            )
+        check_unauthenticated = unauthenticated and self._settings.sasl_auth_enable
+
+        def rule(req: _Request) -> Decision | None:
+            sender, login = req.sender, req.facts.sasl_username
+            if not sender:  # no MAIL FROM yet, or the null sender <>: Postfix exempts both
+                return None
+            if not (authenticated if login else check_unauthenticated):
+                return None
+            try:
+                owners = self._sender_owners(sender)
+            except TableError as e:
+                return self._lookup_failure(stage, req, sender, e)
+            if not login:
+                if owners is None:
+                    return None
+                text = f"<{sender}>: Sender address rejected: not logged in"
+            else:
+                if owners is None and authenticated == "listed":  # an unlisted sender is anyone's
+                    return None
+                if owners is not None and login.casefold() in owners:
+                    return None
+                text = f"<{sender}>: Sender address rejected: not owned by user {login}"
+            return self._reply("reject", _LOGIN_MISMATCH_CODE, "5.7.1", text, name, stage)
+
+        return rule
+
+    def _sender_owners(self, sender: str) -> set[str] | None:
+        """The case-folded SASL logins that own ``sender`` (``None``: not in the maps). Every key
+        is tried in every table before the next key (the first hit decides, postconf(5)
+        smtpd_sender_login_maps). May raise TableError."""
+        local, at, domain = sender.rpartition("@")
+        if not at:
+            local, domain = sender, ""
+        domain = _normalize_domain(domain) or self._myorigin  # "user" is looked up as user@$myorigin
+        local_domain = domain == self._myorigin or self.is_local_domain(domain)
+        for key in virtual_keys(f"{local}@{domain}", self._settings.recipient_delimiter, local_domain=local_domain):
+            for table in self._login_maps:
+                value = table.lookup(key)
+                if value is not None:
+                    return {owner.casefold() for owner in value.replace(",", " ").split()}
+        return None
 
     def _r_permit_inet_interfaces(self, stage: Stage, name: str) -> _Rule:
         decision = Decision("permit", restriction=name, stage=stage)
@@ -672,6 +763,14 @@ class Policy:
         "reject_non_fqdn_helo_hostname": _r_reject_non_fqdn_helo_hostname,
         "reject_invalid_helo_hostname": _r_reject_invalid_helo_hostname,
         "reject_plaintext_session": _r_reject_plaintext_session,
+        "reject_sender_login_mismatch": functools.partial(
+            _r_sender_login_mismatch, authenticated="all", unauthenticated=True),
+        "reject_authenticated_sender_login_mismatch": functools.partial(
+            _r_sender_login_mismatch, authenticated="all", unauthenticated=False),
+        "reject_unauthenticated_sender_login_mismatch": functools.partial(
+            _r_sender_login_mismatch, authenticated=None, unauthenticated=True),
+        "reject_known_sender_login_mismatch": functools.partial(
+            _r_sender_login_mismatch, authenticated="listed", unauthenticated=True),
     }
 
     # Access tables (access(5)): factory(policy, stage, name, table) -> rule.
@@ -743,25 +842,23 @@ class Policy:
 
     def _address_keys(self, address: str) -> list[str]:
         """access(5) lookup order for an email address: ``user+ext@domain``, ``user@domain``,
-        ``domain`` and its parents, ``user+ext@``, ``user@``. The null sender is ``<>``."""
+        ``domain`` and its parents, ``user+ext@``, ``user@``. The null sender is ``<>``.
+
+        Unlike :func:`~smarthost.tables.keys.access_address_keys`, the address keys keep the case
+        the client sent (indexed tables fold case themselves; a case-sensitive regexp sees the
+        address as sent), and an address without a domain is looked up as it is too."""
         if not address:
-            return ["<>"]
+            return [NULL_SENDER_KEY]
         local, at, domain = address.rpartition("@")
         if not at:
             local, domain = address, ""
-        delim = self._settings.recipient_delimiter
-        base = local
-        if delim and local:
-            cut = min((i for i in (local.find(d) for d in delim) if i > 0), default=-1)
-            if cut > 0:
-                base = local[:cut]
+        base, extension = split_extension(local, self._settings.recipient_delimiter)
         keys = [address]
-        if base != local and domain:
+        if extension is not None and domain:
             keys.append(f"{base}@{domain}")
-        if domain:
-            keys += _parent_domains(_normalize_domain(domain))
+        keys += domain_keys(domain)
         keys.append(f"{local}@")
-        if base != local:
+        if extension is not None:
             keys.append(f"{base}@")
         return keys
 
@@ -771,7 +868,7 @@ class Policy:
         its shorter prefixes (``192.0.2.7``, ``192.0.2``, ``192.0``, ``192``; IPv6 cut at ``:``)."""
         keys = []
         if facts.name and facts.name != "unknown":
-            keys += _parent_domains(_normalize_domain(facts.name))
+            keys += domain_keys(facts.name)
         addr = client_address(facts.address)
         text = str(addr) if addr is not None else facts.address
         delim = ":" if ":" in text else "."
@@ -792,7 +889,7 @@ class Policy:
             helo = req.facts.helo
             if not helo:
                 return None
-            keys = _parent_domains(_normalize_domain(helo))
+            keys = domain_keys(helo)
             return self._access(stage, name, table, keys, req, helo, "Helo command")
 
         return rule
