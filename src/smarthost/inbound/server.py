@@ -203,6 +203,7 @@ class Session(asyncio.Protocol):
         self.recipients: list[Recipient] = []
         self.mail_params = None
         self.sasl_method: str | None = None
+        self._size = 0  # of the message being queued
         self._mech = None  # the SASL mechanism object of an exchange in progress
         self._exchange = None  # or the Dovecot exchange
         self._mech_name = ""
@@ -292,7 +293,7 @@ class Session(asyncio.Protocol):
                 self._on_data_command()
             elif kind is MessageReceived:
                 self._busy = True
-                self.loop.create_task(self._queue_message(event.data))
+                self._queue_message(event.data)
                 break
             elif kind is Helo:
                 self.facts = replace(self.facts, helo=event.name)
@@ -530,8 +531,8 @@ class Session(asyncio.Protocol):
             self.loop.create_task(self._exchange.aclose())
             self._exchange = None
 
-    async def _queue_message(self, data: bytes) -> None:
-        conn = self.conn
+    def _queue_message(self, data: bytes) -> None:
+        """Hand the message to the store; the reply leaves from :meth:`_queued` once it is durable."""
         queue_id = new_queue_id()
         params = self.mail_params
         envelope = Envelope(
@@ -549,11 +550,17 @@ class Session(asyncio.Protocol):
             auth=self._auth_parameter(params),
         )
         body = self._received_header(queue_id) + data
+        self._size = len(body)
         try:
-            queue_id = await self.worker.store.submit(envelope, body, queue_id=queue_id)
-        except Exception as exc:  # the queue could not take it: say so, lose nothing we acknowledged
-            log.exception("queue write failed")
-            self.maillog.warning(f"{queue_id}: queue file write error: {exc.__class__.__name__}: {exc}")
+            self.worker.store.submit_nowait(envelope, body, self._queued, queue_id=queue_id)
+        except Exception as exc:  # refused before anything was stored (e.g. the store is closed)
+            self._queued(queue_id, exc)
+
+    def _queued(self, queue_id: str, error: BaseException | None) -> None:
+        conn = self.conn
+        if error is not None:  # the queue could not take it: say so; nothing was acknowledged
+            log.error("queue write failed: %s", error)
+            self.maillog.warning(f"{queue_id}: queue file write error: {error.__class__.__name__}: {error}")
             conn.reject(TEMP_FAIL)
         else:
             self.worker.stats.messages += 1
@@ -563,7 +570,7 @@ class Session(asyncio.Protocol):
             else:
                 self.maillog.log(f"{queue_id}: client={self.label}")
             self.maillog.log(
-                f"{queue_id}: from=<{self.sender}>, size={len(body)}, nrcpt={len(self.recipients)} (queue active)"
+                f"{queue_id}: from=<{self.sender}>, size={self._size}, nrcpt={len(self.recipients)} (queue active)"
             )
             conn.accept(Reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
         self.recipients = []

@@ -6,8 +6,8 @@ What the queue manager calls:
   domain) or in ``virtual_mailbox_domains``; it returns a :class:`LocalDelivery` with the
   recipient's :class:`~smarthost.smtp.client.Outcome` and, after ``alias_maps`` expansion, the
   addresses outside the local domains to route again (:attr:`LocalDelivery.forward`).
-* :func:`smarthost.outbound.aliases.expand_virtual_aliases` for every recipient *before*
-  routing (Postfix applies virtual(5) to all addresses).
+* :func:`rewrite_virtual` for every recipient *before* routing (Postfix applies virtual(5)
+  to all addresses), then routes each address it returns.
 * :func:`check_recipient` (or :func:`local_recipient_exists`) from the SMTP server at RCPT time,
   so that unknown local users get ``550 5.1.1`` instead of a bounce later.
 
@@ -72,9 +72,9 @@ __all__ = [
     "deliver_local",
     "deliver_to_maildir",
     "delivered_to",
-    "expand_virtual_aliases",
     "local_recipient_exists",
     "open_local_tables",
+    "rewrite_virtual",
     "system_user",
 ]
 
@@ -279,6 +279,15 @@ def check_recipient(address: str, settings: LocalSettings, tables: LocalTables) 
 # -- delivery ------------------------------------------------------------------------------
 
 
+def rewrite_virtual(address: str, settings: LocalSettings, tables: LocalTables) -> list[str]:
+    """``virtual_alias_maps`` applied to one recipient (the manager calls this before routing).
+    Raises AliasError (a loop: bounce with its status) or TableError (defer)."""
+    return expand_virtual_aliases(
+        address, tables.virtual_alias_maps, is_local_domain=tables.is_local_domain,
+        myorigin=settings.myorigin or settings.myhostname, recipient_delimiter=settings.recipient_delimiter,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LocalDelivery:
     """The result for one recipient. Whenever ``outcome`` is not deferred, the manager queues
@@ -367,12 +376,13 @@ def _deliver_local_domain(message, local, domain, recipient, sender, settings, t
         outcomes.append(outcome)
         if path:
             files.append(path)
+    deferred = [o for o in outcomes if o.status is Status.DEFERRED]
+    if deferred:  # retried as a whole later: forward then, not now
+        return LocalDelivery(deferred[0], maildirs=tuple(files))
     forward_message = b"Delivered-To: " + _header_text(recipient) + b"\r\n" + message if forward else None
-    for status in (Status.DEFERRED, Status.BOUNCED):
-        failed = [o for o in outcomes if o.status is status]
-        if failed:
-            return LocalDelivery(failed[0], forward if status is Status.BOUNCED else (),
-                                 forward_message if status is Status.BOUNCED else None, tuple(files))
+    bounced = [o for o in outcomes if o.status is Status.BOUNCED]
+    if bounced:
+        return LocalDelivery(bounced[0], forward, forward_message, tuple(files))
     parts = []
     if files:
         parts.append("delivered to maildir" if len(files) == 1 else f"delivered to {len(files)} maildirs")
@@ -485,16 +495,14 @@ def deliver_to_maildir(maildir: str, data: bytes, *, uid: int, gid: int, user: s
 
 def _as_user(uid: int, gid: int, user: str | None, maildir: str, data: bytes, name: str) -> str:
     """Run :func:`_write_maildir` in a child process that has become ``uid``/``gid``."""
+    groups = os.getgrouplist(user, gid) if user is not None else [gid]  # NSS lookups stay in the parent
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only os calls, then _exit (no cleanup handlers, no logging)
         code = 2
         try:
             os.close(read_fd)
-            if user is not None:
-                os.initgroups(user, gid)
-            else:
-                os.setgroups([])
+            os.setgroups(groups)
             os.setgid(gid)
             os.setuid(uid)
             path = _write_maildir(maildir, data, name)

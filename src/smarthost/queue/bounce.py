@@ -158,7 +158,7 @@ def make_delay_notice(envelope: Envelope, body: bytes, delayed: Sequence[Failure
 def make_success_notice(envelope: Envelope, body: bytes, delivered: Sequence[Failure | tuple],
                         **kwargs) -> Notice | None:
     """A success notice for NOTIFY=SUCCESS recipients (``delivered`` or ``relayed`` actions)."""
-    return make_bounce(envelope, body, delivered, kind="success", ret=kwargs.pop("ret", "HDRS"), **kwargs)
+    return make_bounce(envelope, body, delivered, kind="success", **kwargs)
 
 
 # -- the parts -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,16 +250,15 @@ def _failure(cause: BaseException) -> QueueError:
 
 
 def _resolve_futures(
-    waiters: list[tuple[asyncio.Future[str], str]], cause: BaseException | None
+    waiters: list[tuple[Callable[[str, BaseException | None], None], str]], cause: BaseException | None
 ) -> None:
-    """Runs in the event loop: settle every future of one batch."""
-    for future, queue_id in waiters:
-        if future.done():  # the session went away; its message stays queued
-            continue
-        if cause is None:
-            future.set_result(queue_id)
-        else:
-            future.set_exception(_failure(cause))
+    """Runs in the event loop: tell every submitter of one batch."""
+    error = None if cause is None else _failure(cause)
+    for done, queue_id in waiters:
+        try:
+            done(queue_id, error)
+        except Exception:  # one caller's bug must not keep the others waiting
+            log.exception("queue commit callback for %s failed", queue_id)
 
 
 @dataclass(slots=True)
@@ -271,8 +270,9 @@ class _Pending:
     recipient_rows: list[tuple]
     body_row: tuple[str, bytes] | None  # for the bodies table
     body_file: str | None  # relative to the queue directory
-    waiter: asyncio.Future[str] | concurrent.futures.Future[str] | None = None
-    loop: asyncio.AbstractEventLoop | None = None  # None: waiter is a concurrent Future
+    # With ``loop``: a callable done(queue_id, error) run in that loop; without: a concurrent Future.
+    waiter: Callable[[str, BaseException | None], None] | concurrent.futures.Future[str] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 class QueueStore:
@@ -309,7 +309,6 @@ class QueueStore:
 
         self._pending: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop submit() last ran on
-        self._iteration_items: list[_Pending] = []  # submitted during this loop iteration
         self._submit_lock = threading.Lock()
         self._closed = False
         self._commits = self._messages = self._failed_commits = self._largest_batch = 0
@@ -379,31 +378,56 @@ class QueueStore:
         store makes one. Raises QueueError if the message could not be stored
         (answer 451 4.3.0). Cancelling the caller does not withdraw the message.
         """
+        future = self._running_loop().create_future()
+
+        def done(queue_id: str, error: BaseException | None) -> None:
+            if future.done():  # the caller went away; its message stays queued
+                return
+            if error is None:
+                future.set_result(queue_id)
+            else:
+                future.set_exception(error)
+
+        self.submit_nowait(envelope, body, done, queue_id=queue_id)
+        return await future
+
+    def submit_nowait(
+        self, envelope: Envelope, body: bytes, done: Callable[[str, BaseException | None], None],
+        *, queue_id: str | None = None,
+    ) -> str:
+        """Queue a message from the event loop without waiting; return its queue id at once.
+
+        ``done(queue_id, error)`` runs in this loop when the message's batch is on stable
+        storage (``error`` None) or could not be stored (a QueueError: answer 451). This is
+        the SMTP server's path: the 250 leaves from ``done`` in the same loop iteration that
+        learns of the commit, with no task to wake in between. Bad input raises at once.
+        """
         item = self._prepare(envelope, body, queue_id)
+        loop = self._running_loop()
+        item.loop = loop
+        item.waiter = done
+        if item.body_file is None:
+            self._enqueue([item])
+        else:  # the large body's own file is written and fsync'd first, off the loop
+            written = loop.run_in_executor(None, self._write_body_file, item.body_file, body)
+            written.add_done_callback(lambda f: self._body_written(item, f))
+        return item.queue_id
+
+    def _body_written(self, item: _Pending, written: asyncio.Future) -> None:
+        error = written.exception()
+        if error is None:
+            try:
+                self._enqueue([item])
+                return
+            except QueueError as exc:
+                error = exc
+        item.waiter(item.queue_id, error if isinstance(error, QueueError) else _failure(error))
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None or loop.is_closed():  # get_running_loop() costs a getpid() syscall
             loop = self._loop = asyncio.get_running_loop()
-        if item.body_file is not None:
-            await loop.run_in_executor(None, self._write_body_file, item.body_file, body)
-        item.waiter = loop.create_future()
-        item.loop = loop
-        # Hand the messages of one loop iteration to the committer together: one wakeup, and
-        # a batch even when the disk syncs faster than messages arrive (no timer involved).
-        if not self._iteration_items:
-            loop.call_soon(self._hand_over)
-        self._iteration_items.append(item)
-        return await item.waiter
-
-    def _hand_over(self) -> None:
-        items, self._iteration_items = self._iteration_items, []
-        if not items:  # close() took them already
-            return
-        try:
-            self._enqueue(items)
-        except QueueError as exc:
-            for item in items:
-                if not item.waiter.done():
-                    item.waiter.set_exception(exc)
+        return loop
 
     def submit_sync(
         self, envelope: Envelope, body: bytes, *, queue_id: str | None = None
@@ -882,9 +906,6 @@ class QueueStore:
         with self._submit_lock:
             if self._closed:
                 return
-            if self._iteration_items:  # submitted, but the loop has not handed them over yet
-                items, self._iteration_items = self._iteration_items, []
-                self._pending.put(items)
             self._closed = True
             self._pending.put(None)
         self._thread.join()
