@@ -427,8 +427,14 @@ _TABLE: tuple[Parameter, ...] = (
     _list("virtual_mailbox_maps"),
     _str("virtual_mailbox_base"),
     _list("virtual_mailbox_domains", "$virtual_mailbox_maps"),
-    _str("home_mailbox"),
+    # SAFE/ours: Maildir is the only local mailbox format we write (Postfix's empty default means mbox).
+    _str("home_mailbox", "Maildir/"),
     _str("mailbox_command"),
+    _list("local_recipient_maps", "proxy:unix:passwd.byname $alias_maps"),
+    _list("virtual_uid_maps"),
+    _list("virtual_gid_maps"),
+    _int("virtual_minimum_uid", "100"),
+    _size("bounce_size_limit", "50000"),
     _str("recipient_delimiter"),
     # Queue and retries.
     _time("minimal_backoff_time", "300s"),
