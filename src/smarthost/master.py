@@ -39,6 +39,7 @@ from smarthost.inbound.policy import Policy, PolicyError, PolicySettings
 from smarthost.inbound.server import Listener, Worker
 from smarthost.maillog import MailLog
 from smarthost.netaddr import NetworkList
+from smarthost.outbound.local import LocalSettings, open_local_tables
 from smarthost.queue import QueueStore
 from smarthost.sasl import filter_mechanisms
 from smarthost.smtp.server import ServerSettings
@@ -124,6 +125,10 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         policy = Policy.build(policy_settings, open_table=tables)
     except (PolicyError, TableError) as exc:
         raise StartError(f"{where}: {exc}") from None
+    try:
+        local_tables = open_local_tables(p, tables, is_local_domain=policy.is_local_domain)
+    except TableError as exc:
+        raise StartError(f"{where}: {exc}") from None
     return Listener(
         name=service.name,
         settings=settings,
@@ -139,6 +144,7 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         bare_newline_exclusions=networks["smtpd_forbid_bare_newline_exclusions"],
         tls_loglevel=p["smtpd_tls_loglevel"],
         tls_received_header=p["smtpd_tls_received_header"],
+        local=(LocalSettings.from_params(p), local_tables),
         auth=auth,
         passwords=checker,
         dovecot=relay,

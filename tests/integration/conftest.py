@@ -26,8 +26,10 @@ def smarthost(tmp_path: Path) -> Iterator[Callable[..., SmarthostInstance]]:
               start: bool = True) -> SmarthostInstance:
         if master_cf is None:
             master_cf = f"127.0.0.1:{free_port()} inet n - n - - smtpd\n"
+        # local_recipient_maps empty: any local part of example.test is accepted (Postfix's
+        # meaning); test_unknown_local_recipient_is_refused_at_rcpt checks the default.
         cfg = {"mydestination": "$myhostname, example.test", "mynetworks": "127.0.0.0/8",
-               "smtpd_tls_loglevel": "1"}
+               "smtpd_tls_loglevel": "1", "local_recipient_maps": ""}
         cfg.update(main_cf or {})
         instance = SmarthostInstance(tmp_path / f"s{len(started)}", cfg, master_cf, tls=tls)
         started.append(instance)

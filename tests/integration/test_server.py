@@ -348,3 +348,22 @@ def test_bare_newline_reject_and_its_exclusions(smarthost):
     assert code == 250, text
     body = relaxed.read_body(text.rsplit(" ", 1)[-1])
     assert body.endswith(b"Subject: lf\r\n\r\nbare\r\nline\r\n")
+
+
+def test_unknown_local_recipient_is_refused_at_rcpt(smarthost, tmp_path):
+    aliases = tmp_path / "aliases"
+    aliases.write_text("postmaster: root\nsales: root\n")
+    s = smarthost({"local_recipient_maps": "proxy:unix:passwd.byname $alias_maps",
+                   "alias_maps": f"texthash:{aliases}"})
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("MAIL FROM:<a@example.org>")
+    code, text = r.cmd("RCPT TO:<nosuchuser@example.test>")
+    assert (code, text) == (550, "5.1.1 <nosuchuser@example.test>: Recipient address rejected: User unknown in local recipient table")
+    assert r.cmd("RCPT TO:<root@example.test>")[0] == 250  # a system user
+    assert r.cmd("RCPT TO:<sales@example.test>")[0] == 250  # an alias
+    assert r.cmd("RCPT TO:<Postmaster@example.test>")[0] == 250  # always (RFC 5321 §4.5.1)
+    assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 250  # not local: relay rules decide (mynetworks)
+    time.sleep(0.2)
+    assert "NOQUEUE: reject: RCPT from localhost[127.0.0.1]: 550 5.1.1 <nosuchuser@example.test>" in s.log_text()

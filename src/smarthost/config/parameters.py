@@ -421,8 +421,10 @@ _TABLE: tuple[Parameter, ...] = (
     _bool("smtp_use_tls", "no"),
     _bool("smtp_enforce_tls", "no"),
     # Local delivery and aliases.
-    _list("alias_maps", "hash:/etc/aliases"),
-    _list("alias_database", "hash:/etc/aliases"),
+    # Ours: empty (Postfix: hash:/etc/aliases). Nothing outside the config directory is read
+    # unless main.cf names it; set alias_maps = hash:/etc/aliases and run smarthost postmap.
+    _list("alias_maps", ""),
+    _list("alias_database", "$alias_maps"),
     _list("virtual_alias_maps"),
     _list("virtual_mailbox_maps"),
     _str("virtual_mailbox_base"),

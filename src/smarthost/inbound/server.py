@@ -36,6 +36,7 @@ from smarthost.inbound.limits import WorkerCounts
 from smarthost.inbound.policy import ClientFacts, Policy
 from smarthost.maillog import MailLog, client_label
 from smarthost.netaddr import NetworkList
+from smarthost.outbound.local import LocalSettings, LocalTables, check_recipient
 from smarthost.queue import Envelope, QueueStore, Recipient
 from smarthost.queue.ids import new_queue_id
 from smarthost.sasl import (
@@ -68,6 +69,7 @@ from smarthost.smtp.server import (
     StartTLS,
     Vrfy,
 )
+from smarthost.tables import TableError
 from smarthost.tls import TLSInfo
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class Listener:
     bare_newline_exclusions: NetworkList  # clients for whom "reject" relaxes to "normalize"
     tls_loglevel: int
     tls_received_header: bool
+    local: tuple[LocalSettings, LocalTables] | None = None  # who exists here (550 5.1.1 at RCPT)
     auth: AuthSettings | None = None  # None: AUTH off for this service
     passwords: PasswordChecker | None = None  # cyrus: saslauthd and/or the user database
     dovecot: DovecotRelay | None = None  # dovecot: the exchange is relayed
@@ -353,6 +356,21 @@ class Session(asyncio.Protocol):
             )
             conn.reject(reply)
             return
+        local = self.listener.local
+        if local is not None:
+            try:
+                unknown = check_recipient(recipient, *local)
+            except TableError as exc:
+                log.warning("recipient lookup for %s failed: %s", recipient, exc)
+                unknown = Reply(451, "4.3.0", f"<{recipient}>: Temporary lookup failure")
+            if unknown is not None:
+                text = unknown.text if isinstance(unknown.text, str) else " ".join(unknown.text)
+                self.maillog.log(
+                    f"NOQUEUE: reject: RCPT from {self.label}: {unknown.code} {unknown.enhanced} {text};"
+                    f" from=<{self.sender}> to=<{recipient}> proto={self._proto()} helo=<{self.facts.helo}>"
+                )
+                conn.reject(unknown)
+                return
         params = event.params
         self.recipients.append(Recipient(recipient, params.orcpt, params.notify))
         conn.accept()
