@@ -2,10 +2,13 @@
 
 ``smarthost demo --dir DIR`` (the README's run command) writes, once, into DIR:
 
-- ``main.cf``: host ``mail.demo.test``, local domain ``demo.test``, ``mynetworks`` = loopback,
-  queue and data under DIR, opportunistic TLS with TLS facts in the log and Received header;
+- ``main.cf``: host ``mail.demo.test``, domain ``demo.test`` delivered into Maildirs under
+  ``DIR/mail`` (virtual mailboxes alice@, bob@, postmaster@), queue and data under DIR,
+  opportunistic TLS with TLS facts in the log and Received header; nothing is ever sent
+  anywhere else (other domains are refused, ``default_transport`` is the error transport);
 - ``master.cf``: three services on unprivileged loopback ports, configured the Postfix way:
-  2525 (smtp), 2587 (submission, STARTTLS required) and 2465 (smtps, implicit TLS);
+  2525 (smtp), 2587 (submission, STARTTLS required) and 2465 (smtps, implicit TLS), and the
+  queue manager;
 - ``tls/``: a self-signed certificate for ``mail.demo.test`` and ``localhost`` (key 0600).
 
 An existing directory is used as it is, so the admin's edits survive.
@@ -24,7 +27,8 @@ MAIN_CF = """\
 # smarthost demo configuration (Postfix syntax; see `smarthost -c {dir} postconf -n`).
 myhostname = mail.demo.test
 mydomain = demo.test
-mydestination = $myhostname, $mydomain, localhost
+myorigin = $mydomain
+mydestination =
 mynetworks = 127.0.0.0/8, [::1]/128
 inet_interfaces = loopback-only
 
@@ -38,8 +42,25 @@ smtpd_tls_security_level = may
 smtpd_tls_loglevel = 1
 smtpd_tls_received_header = yes
 
-# Postfix 3.x's relay rule: loopback may relay, strangers only reach demo.test.
-smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
+# Mail for demo.test lands in Maildirs under {dir}/mail (virtual mailboxes).
+virtual_mailbox_domains = demo.test
+virtual_mailbox_base = {dir}/mail
+virtual_mailbox_maps = texthash:{dir}/vmailbox
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+{minimum_uid}2bounce_notice_recipient = postmaster@demo.test
+
+# The demo never sends mail anywhere else: other domains are refused at RCPT, and
+# whatever would still leave (a bounce to a foreign sender) goes to the error transport.
+smtpd_relay_restrictions = reject_unauth_destination
+default_transport = error:this demo delivers to demo.test only
+"""
+
+VMAILBOX = """\
+# address            Maildir under virtual_mailbox_base (trailing / = Maildir)
+alice@demo.test      alice/
+bob@demo.test        bob/
+postmaster@demo.test postmaster/
 """
 
 MASTER_CF = """\
@@ -51,6 +72,7 @@ MASTER_CF = """\
 127.0.0.1:{smtps}       inet  n       -       n       -       -       smtpd
   -o syslog_name=smarthost/smtps
   -o smtpd_tls_wrappermode=yes
+qmgr                   unix  n       -       n       300     1       qmgr
 """
 
 
@@ -66,10 +88,22 @@ def ensure_demo(directory: Path) -> bool:
     (directory / "master.cf").write_text(
         MASTER_CF.format(smtp=SMTP_PORT, submission=SUBMISSION_PORT, smtps=SMTPS_PORT)
     )
+    (directory / "vmailbox").write_text(VMAILBOX)
+    uid, gid = _mail_owner(directory / "mail")
     tmp = directory / "main.cf.tmp"
-    tmp.write_text(MAIN_CF.format(dir=directory))
+    # Run as root, the demo delivers as root into its own directory (which may sit under /root,
+    # where no other user could reach it); a real setup uses a dedicated mail user.
+    minimum_uid = ("# Demo only: deliveries run as the user running the demo (root here).\nvirtual_minimum_uid = 0\n"
+                   if uid == 0 else "")
+    tmp.write_text(MAIN_CF.format(dir=directory, uid=uid, gid=gid, minimum_uid=minimum_uid))
     os.replace(tmp, directory / "main.cf")
     return True
+
+
+def _mail_owner(base: Path) -> tuple[int, int]:
+    """Who owns the demo Maildirs: the user running the demo."""
+    base.mkdir(mode=0o700, exist_ok=True)
+    return os.getuid(), os.getgid()
 
 
 def instructions(directory: Path, created: bool) -> str:
@@ -81,7 +115,8 @@ smarthost listens on 127.0.0.1: {SMTP_PORT} (smtp, STARTTLS offered), {SUBMISSIO
 Send a test message (in another terminal):
   swaks --server 127.0.0.1:{SMTP_PORT} --from you@example.net --to alice@demo.test --tls
   python3 -c "import smtplib; s = smtplib.SMTP('127.0.0.1', {SMTP_PORT}); s.starttls(); s.sendmail('you@example.net', ['alice@demo.test'], 'Subject: hi\\r\\n\\r\\nHello from Python.\\r\\n'); s.quit()"
-See what was queued:
-  .venv/bin/smarthost -c {directory} mailq
+See it arrive (Maildirs of alice@, bob@ and postmaster@demo.test):
+  ls {directory}/mail/alice/new/
+  .venv/bin/smarthost -c {directory} mailq          # what is still queued
 Press Ctrl-C to stop.
 """

@@ -4,9 +4,11 @@
 service needs (TLS contexts, restriction lists) so that a bad setting stops the start with a
 clear error before anything listens, binds every ``inet`` service of ``master.cf`` and forks
 ``smtpd_worker_processes`` workers that share the listening sockets (the kernel spreads the
-connections). It then waits for signals:
+connections), and one queue manager (``qmgr``: delivery). It then waits for signals:
 
-- ``SIGCHLD``: a worker that died is logged and restarted (throttled when it keeps dying);
+- ``SIGCHLD``: a worker or the queue manager that died is logged and restarted (throttled
+  when it keeps dying);
+- ``SIGUSR2``: passed to the queue manager (``smarthost queue flush``);
 - ``SIGHUP``: reload. The configuration and certificates are read again; if they are good, a
   new generation of workers starts on the (kept or newly bound) sockets and the old generation
   stops accepting and finishes the sessions in progress (up to ``smtpd_timeout``). A bad new
@@ -48,7 +50,8 @@ from smarthost.tls import TLSConfigError, server_context
 
 STOP_GRACE = 5.0
 PID_NAME = "smarthost.pid"
-_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+QMGR_ROW = -1  # the queue manager counts no clients
 
 
 class StartError(Exception):
@@ -114,6 +117,7 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         mynetworks=networks["mynetworks"],
         mydestination=p["mydestination"],
         relay_domains=p["relay_domains"],
+        virtual_domains=[*p["virtual_alias_domains"], *p["virtual_mailbox_domains"]],
         myhostname=p["myhostname"],
         inet_addresses_for_ip_literals=_own_addresses(service, p),
         recipient_delimiter=p["recipient_delimiter"],
@@ -253,19 +257,21 @@ def _event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts) -> None:
-    """Entry point of a forked worker; never returns."""
+def _child_main(name: str, maillog: MailLog, main) -> None:
+    """Run ``main()`` (a coroutine factory) as a forked child process; never returns."""
     status = 0
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         for sig in (signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        maillog.set_process("smtpd")
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        maillog.set_process(name)
         _event_loop_policy()
-        asyncio.run(_worker(runtime, sockets, maillog, counts))
-    except BaseException:  # noqa: BLE001 - a worker must report and exit, never return into the master
+        asyncio.run(main())
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - a child must report and exit, never return into the master
         import traceback
 
         traceback.print_exc()
@@ -273,6 +279,18 @@ def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog, counts: Worke
     finally:
         maillog.flush()
         os._exit(status)
+
+
+def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts) -> None:
+    """Entry point of a forked SMTP worker; never returns."""
+    _child_main("smtpd", maillog, lambda: _worker(runtime, sockets, maillog, counts))
+
+
+def qmgr_main(config_dir: Path, maillog: MailLog) -> None:
+    """Entry point of the forked queue manager; never returns."""
+    from smarthost.queue.manager import run_queue_manager
+
+    _child_main("qmgr", maillog, lambda: run_queue_manager(config_dir, maillog))
 
 
 async def _worker(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts) -> None:
@@ -379,6 +397,16 @@ class Master:
         count = self.runtime.config.params["smtpd_worker_processes"]
         for _ in range(count):
             self._spawn()
+        if any(service.command == "qmgr" for service in self.runtime.config.services):
+            self._spawn_qmgr()  # as in Postfix, no qmgr line in master.cf: mail is accepted, not delivered
+
+    def _spawn_qmgr(self) -> None:
+        self.maillog.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            qmgr_main(self.config_dir, self.maillog)
+        self.workers[pid] = (self.generation, time.monotonic(), QMGR_ROW)
 
     def _spawn(self) -> None:
         sockets = {a: self.sockets[a] for _, addrs in self.runtime.bindings for a in addrs}
@@ -411,6 +439,10 @@ class Master:
                     self.sockets.clear()
             elif sig == signal.SIGHUP and not stopping:
                 self._reload()
+            elif sig == signal.SIGUSR2:  # smarthost queue flush: deliver deferred mail now
+                for pid, (_, _, row) in self.workers.items():
+                    if row == QMGR_ROW:
+                        _kill(pid, signal.SIGUSR2)
             if stopping and not self.workers:
                 return 0
 
@@ -425,10 +457,12 @@ class Master:
         for warning in runtime.warnings:
             self.maillog.warning(warning)
         self.runtime = runtime
-        old = [pid for pid, (gen, _, _) in self.workers.items() if gen == self.generation]
+        old = [(pid, row) for pid, (gen, _, row) in self.workers.items() if gen == self.generation]
         self._spawn_generation()
-        for pid in old:
-            _kill(pid, signal.SIGUSR1)  # stop accepting, finish sessions in progress
+        for pid, row in old:
+            # SMTP workers: stop accepting, finish sessions in progress; the queue manager:
+            # finish the deliveries in progress (the new one takes over the queue).
+            _kill(pid, signal.SIGTERM if row == QMGR_ROW else signal.SIGUSR1)
 
     def _reap(self, *, respawn: bool) -> None:
         while self.workers:
@@ -442,16 +476,21 @@ class Master:
             gen, started, row = self.workers.pop(pid, (None, 0.0, -1))
             if gen is None:
                 continue
-            self.counts.release_row(row)
+            if row != QMGR_ROW:
+                self.counts.release_row(row)
             code = os.waitstatus_to_exitcode(status)
             if respawn and gen == self.generation:
-                self.maillog.warning(f"process smtpd pid {pid} exit status {code}; restarting")
+                name = "qmgr" if row == QMGR_ROW else "smtpd"
+                self.maillog.warning(f"process {name} pid {pid} exit status {code}; restarting")
                 if time.monotonic() - started < 1.0:  # dying at once: throttle, as Postfix does
                     self._restart_delay = min(max(self._restart_delay * 2, 0.5), 10.0)
                     time.sleep(self._restart_delay)
                 else:
                     self._restart_delay = 0.0
-                self._spawn()
+                if row == QMGR_ROW:
+                    self._spawn_qmgr()
+                else:
+                    self._spawn()
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -120,6 +120,27 @@ def _check_key_mode(path: str) -> None:
         )
 
 
+def configure(ctx: ssl.SSLContext, *, protocols: str, ciphers: str, exclude: list[str], prefix: str) -> None:
+    """Protocol range, cipher grade and exclusions (``{prefix}_protocols`` / ``_ciphers``), shared
+    by the server's and the relay client's contexts."""
+    low, high = protocol_range(protocols, f"{prefix}_protocols")
+    ctx.minimum_version = low
+    if high is not None:
+        ctx.maximum_version = high
+    grade = (ciphers or "medium").lower()
+    cipher_string = _GRADES.get(grade)
+    if cipher_string is None:
+        raise TLSConfigError(f"{prefix}_ciphers: unknown grade {grade!r}; use high, medium or low")
+    for excluded in exclude:
+        cipher_string += ":!" + excluded
+    try:
+        ctx.set_ciphers(cipher_string)
+    except ssl.SSLError:
+        exclusions = prefix.replace("_mandatory", "") + "_exclude_ciphers"
+        raise TLSConfigError(f"{exclusions}: leaves no usable cipher; remove some exclusions") from None
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+
+
 def server_context(params, *, mandatory: bool) -> ssl.SSLContext | None:
     """Build the server context for one service, or None when no certificate is configured.
 
@@ -133,21 +154,9 @@ def server_context(params, *, mandatory: bool) -> ssl.SSLContext | None:
     key = params.raw("smtpd_tls_key_file") or cert
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     prefix = "smtpd_tls_mandatory" if mandatory else "smtpd_tls"
-    low, high = protocol_range(params.raw(f"{prefix}_protocols"), f"{prefix}_protocols")
-    ctx.minimum_version = low
-    if high is not None:
-        ctx.maximum_version = high
-    grade = params.raw(f"{prefix}_ciphers") or "medium"
-    ciphers = _GRADES.get(grade)
-    if ciphers is None:
-        raise TLSConfigError(f"{prefix}_ciphers: unknown grade {grade!r}; use high, medium or low")
-    for excluded in params["smtpd_tls_exclude_ciphers"]:
-        ciphers += ":!" + excluded
-    try:
-        ctx.set_ciphers(ciphers)
-    except ssl.SSLError:
-        raise TLSConfigError("smtpd_tls_exclude_ciphers: leaves no usable cipher; remove some exclusions") from None
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    configure(ctx, protocols=params.raw(f"{prefix}_protocols"), ciphers=params.raw(f"{prefix}_ciphers"),
+              exclude=params["smtpd_tls_exclude_ciphers"], prefix=prefix)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     pairs = [(cert, key)] if cert else []
     for chain in chain_files:  # each file holds a key followed by its certificate chain
         pairs.append((chain, chain))

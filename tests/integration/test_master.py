@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import smtplib
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 
-from peers import free_port, process_tree, wait_for_port
+from peers import free_port, make_shared_dir, process_tree, wait_for_port
 from test_server import Raw
 
 MSG = b"Subject: load\r\n\r\n" + b"0123456789abcdef" * 250 + b"\r\n"
@@ -158,18 +159,44 @@ def test_start_status_stop(smarthost):
     assert run("status").returncode == 1
 
 
-def test_demo_writes_a_config_that_passes_postconf(tmp_path):
-    from smarthost.demo import ensure_demo
+def test_demo_config_delivers_to_its_maildirs_and_nowhere_else():
+    from smarthost.demo import SMTP_PORT, SUBMISSION_PORT, SMTPS_PORT, ensure_demo
 
-    d = tmp_path / "demo"
+    shared = make_shared_dir()  # as root the demo delivers as nobody, who must reach the Maildirs
+    d = shared / "demo"
     assert ensure_demo(d) is True
-    assert ensure_demo(d) is False
+    assert ensure_demo(d) is False  # an existing demo is left as the admin edited it
     assert oct((d / "tls" / "key.pem").stat().st_mode & 0o777) == "0o600"
     out = subprocess.run([sys.executable, "-m", "smarthost", "-c", str(d), "postconf", "-n"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    assert "mydestination = $myhostname, $mydomain, localhost" in out.stdout
-    assert "warning" not in out.stderr
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr
+    assert "default_transport = error:this demo delivers to demo.test only" in out.stdout
+    ports = {SMTP_PORT: free_port(), SUBMISSION_PORT: free_port(), SMTPS_PORT: free_port()}
+    master = (d / "master.cf").read_text()
+    for old, new_port in ports.items():
+        master = master.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new_port}")
+    (d / "master.cf").write_text(master)
+    proc = subprocess.Popen([sys.executable, "-m", "smarthost", "-c", str(d), "run"], stderr=subprocess.PIPE)
+    try:
+        wait_for_port(ports[SMTP_PORT])
+        with smtplib.SMTP("127.0.0.1", ports[SMTP_PORT], timeout=10) as c:
+            c.starttls()
+            c.sendmail("you@example.net", ["alice@demo.test"], b"Subject: demo\r\n\r\nHello.\r\n")
+            c.mail("you@example.net")
+            code, text = c.rcpt("x@example.com")
+        assert code == 554 and b"Relay access denied" in text
+        new = d / "mail" / "alice" / "new"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (new.exists() and list(new.iterdir())):
+            time.sleep(0.1)
+        (delivered,) = list(new.iterdir())
+        content = delivered.read_bytes()
+        assert content.startswith(b"Return-Path: <you@example.net>\n")
+        assert b"Delivered-To: alice@demo.test\n" in content and content.endswith(b"Subject: demo\n\nHello.\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _served_certificate(port: int) -> bytes:

@@ -102,7 +102,7 @@ def test_message_is_queued_byte_for_byte_with_received_header(smarthost):
     assert rest.endswith(MSG), body
     log = s.log_text()
     assert f"{qid}: client=localhost[127.0.0.1]" in log
-    assert f"{qid}: from=<a@example.org>, size={len(body)}, nrcpt=1 (queue active)" in log
+    assert f"{qid}: from=<a@example.org>, size={len(body)}, nrcpt=1 (queued)" in log
 
 
 def test_relay_denied_for_strangers_and_logged(smarthost):

@@ -29,10 +29,11 @@ def by_name(cfg):
     return {s.name: s for s in cfg.services}
 
 
-def test_missing_master_cf_gives_one_smtp_service(tmp_path):
-    (service,) = make(tmp_path, None).services
+def test_missing_master_cf_gives_smtp_and_the_queue_manager(tmp_path):
+    service, qmgr = make(tmp_path, None).services
     assert (service.name, service.type, service.command, service.port, service.host) == ("smtp", "inet", "smtpd", 25, None)
     assert service.params["message_size_limit"] == 10240000
+    assert (qmgr.name, qmgr.type, qmgr.command) == ("qmgr", "unix", "qmgr")
 
 
 def test_columns_and_dash_defaults(tmp_path):

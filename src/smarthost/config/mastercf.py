@@ -17,7 +17,7 @@ from smarthost.config.model import Params, Service
 
 INET_PORTS = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
 TYPES = ("inet", "unix", "unix-dgram", "fifo", "pass")
-DEFAULT_MASTER_CF = "smtp inet n - n - - smtpd\n"
+DEFAULT_MASTER_CF = "smtp inet n - n - - smtpd\nqmgr unix n - n 300 1 qmgr\n"
 BUILT_IN = "(built-in master.cf)"
 
 _COLUMNS = "service type private unpriv chroot wakeup maxproc command"

@@ -164,6 +164,7 @@ class PolicySettings:
     mynetworks: NetworkList = field(default_factory=_default_mynetworks)
     mydestination: Sequence[str] = ()
     relay_domains: Sequence[str] = ()
+    virtual_domains: Sequence[str] = ()  # virtual_alias_domains + virtual_mailbox_domains: ours too
     myhostname: str = "localhost"
     inet_addresses_for_ip_literals: Sequence[str] = ()
     recipient_delimiter: str = ""
@@ -367,6 +368,9 @@ class Policy:
         self._mynetworks = settings.mynetworks
         self._mydestination = _DomainList("mydestination", _items("mydestination", settings.mydestination), False, open_table)
         self._relay_domains = _DomainList("relay_domains", _items("relay_domains", settings.relay_domains), True, open_table)
+        self._virtual_domains = _DomainList(
+            "virtual_mailbox_domains", _items("virtual_mailbox_domains", settings.virtual_domains), False, open_table
+        )
         self._own_literals: set[str] = set()
         for addr in settings.inet_addresses_for_ip_literals:
             parsed = client_address(addr)
@@ -438,7 +442,8 @@ class Policy:
         return not _is_literal(domain) and self._relay_domains.matches(domain)
 
     def is_authorized_destination(self, recipient: str) -> bool:
-        """Postfix's permit_auth_destination test with ``allow_untrusted_routing = no``.
+        """Postfix's permit_auth_destination test with ``allow_untrusted_routing = no``: the domain
+        is in mydestination, a virtual alias or mailbox domain, or relay_domains.
 
         A local part holding ``@``, ``%`` or ``!`` is sender-specified routing
         (``"user@foreign"@ours``, ``user%foreign@ours``, ``foreign!user@ours``): never authorized,
@@ -449,7 +454,7 @@ class Policy:
             return "%" not in recipient and "!" not in recipient
         if "@" in local or "%" in local or "!" in local or not domain:
             return False
-        return self.is_local_domain(domain) or self.is_relay_domain(domain)
+        return self.is_local_domain(domain) or self._virtual_domains.matches(domain) or self.is_relay_domain(domain)
 
     # --- evaluation ----------------------------------------------------------------------------
 

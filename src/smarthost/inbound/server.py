@@ -39,6 +39,7 @@ from smarthost.netaddr import NetworkList
 from smarthost.outbound.local import LocalSettings, LocalTables, check_recipient
 from smarthost.queue import Envelope, QueueStore, Recipient
 from smarthost.queue.ids import new_queue_id
+from smarthost.queue.manager import notify_queue_manager
 from smarthost.sasl import (
     Challenge,
     CheckPassword,
@@ -120,6 +121,7 @@ class Worker:
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.stats = _Stats()
+        self._wake_scheduled = False
         self._sweeper: asyncio.Task | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,6 +138,16 @@ class Worker:
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
+
+    def wake_queue_manager(self) -> None:
+        """Tell the queue manager about fresh mail: one datagram per loop iteration at most."""
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        notify_queue_manager(self.store.directory)
 
     def opened(self, session: Session) -> None:
         self.sessions.add(session)
@@ -588,9 +600,10 @@ class Session(asyncio.Protocol):
             else:
                 self.maillog.log(f"{queue_id}: client={self.label}")
             self.maillog.log(
-                f"{queue_id}: from=<{self.sender}>, size={self._size}, nrcpt={len(self.recipients)} (queue active)"
+                f"{queue_id}: from=<{self.sender}>, size={self._size}, nrcpt={len(self.recipients)} (queued)"
             )
             conn.accept(Reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
+            self.worker.wake_queue_manager()
         self.recipients = []
         self._busy = False
         if self.transport is not None and not self.transport.is_closing():

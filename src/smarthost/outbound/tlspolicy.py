@@ -43,8 +43,7 @@ from typing import Any
 
 from smarthost.outbound.routing import NextHop
 from smarthost.tables import Table
-from smarthost.tls import _GRADES as CIPHER_GRADES  # the one table of cipher grades
-from smarthost.tls import TLSConfigError, protocol_range
+from smarthost.tls import TLSConfigError, configure
 
 
 class Level(enum.Enum):
@@ -168,20 +167,7 @@ def make_context(
         ciphers = settings.mandatory_ciphers if level.mandatory else settings.ciphers
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
-    low, high = protocol_range(protocols, f"{prefix}_protocols")
-    ctx.minimum_version = low
-    if high is not None:
-        ctx.maximum_version = high
-    grade = CIPHER_GRADES.get(ciphers.lower())
-    if grade is None:
-        raise TLSConfigError(f"{prefix}_ciphers: unknown grade {ciphers!r}; use high, medium or low")
-    for excluded in settings.exclude_ciphers:
-        grade += ":!" + excluded
-    try:
-        ctx.set_ciphers(grade)
-    except ssl.SSLError:
-        raise TLSConfigError("smtp_tls_exclude_ciphers: leaves no usable cipher; remove some exclusions") from None
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    configure(ctx, protocols=protocols, ciphers=ciphers, exclude=list(settings.exclude_ciphers), prefix=prefix)
     if level.verifies:
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:

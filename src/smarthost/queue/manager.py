@@ -839,6 +839,9 @@ def _forget_notify_socket() -> None:
 os.register_at_fork(after_in_child=_forget_notify_socket)
 
 
+_notify_paths: dict[Path | str, str] = {}
+
+
 def notify_queue_manager(queue_directory: Path | str, *, flush: bool = False) -> None:
     """Tell the queue manager that there is new mail (or, ``flush``, to retry deferred mail now).
 
@@ -847,11 +850,14 @@ def notify_queue_manager(queue_directory: Path | str, *, flush: bool = False) ->
     """
     global _notify_sock
     try:
+        path = _notify_paths.get(queue_directory)
+        if path is None:
+            path = _notify_paths[queue_directory] = str(wake_socket_path(queue_directory))
         if _notify_sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.setblocking(False)
             _notify_sock = sock
-        _notify_sock.sendto(_FLUSH if flush else _WAKE, str(wake_socket_path(queue_directory)))
+        _notify_sock.sendto(_FLUSH if flush else _WAKE, path)
     except OSError:
         pass
 
