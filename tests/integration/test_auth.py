@@ -30,19 +30,38 @@ def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
 
 
-@pytest.fixture
-def auxprop_server(smarthost):
-    """A server whose sasl/smtpd.conf says auxprop (the user database), with alice/secret."""
-    s = smarthost(STRANGER, tls=True, start=False)
+def tls_session(s) -> Raw:
+    """A raw client past the greeting, STARTTLS and the second EHLO."""
+    r = Raw(s.ports[0])
+    r.reply()
+    r.cmd("EHLO c")
+    assert r.cmd("STARTTLS")[0] == 220
+    r.starttls(client_ctx(s))
+    r.cmd("EHLO c")
+    return r
+
+
+def sasl_server(smarthost, smtpd_conf: str, main_cf: dict | None = None, *, users: bool = True, files=None):
+    """A running TLS server with STRANGER's rules plus ``main_cf``, ``sasl/smtpd.conf`` as given,
+    alice/secret in the user database, and ``files`` ({name: text}) in the config directory."""
+    s = smarthost({**STRANGER, **(main_cf or {})}, tls=True, start=False)
     s.write_config()
     (s.config_dir / "sasl").mkdir()
-    (s.config_dir / "sasl" / "smtpd.conf").write_text(
-        "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN SCRAM-SHA-256 SCRAM-SHA-1\n"
-    )
-    add_user(s.config_dir, "alice", "secret")
+    (s.config_dir / "sasl" / "smtpd.conf").write_text(smtpd_conf)
+    for name, text in (files or {}).items():
+        (s.config_dir / name).write_text(text)
+    if users:
+        add_user(s.config_dir, "alice", "secret")
     s.write_config = lambda: None  # keep the files made above
     s.start()
     return s
+
+
+@pytest.fixture
+def auxprop_server(smarthost):
+    """A server whose sasl/smtpd.conf says auxprop (the user database), with alice/secret."""
+    return sasl_server(smarthost, "pwcheck_method: auxprop\nauxprop_plugin: sasldb\n"
+                                  "mech_list: PLAIN LOGIN SCRAM-SHA-256 SCRAM-SHA-1\n")
 
 
 def test_no_auth_before_tls_and_530_without_looking_at_credentials(auxprop_server):
@@ -81,12 +100,7 @@ def test_auth_after_starttls_lets_a_user_relay(auxprop_server):
 
 def test_login_mechanism_and_wrong_password(auxprop_server):
     s = auxprop_server
-    r = Raw(s.ports[0])
-    r.reply()
-    r.cmd("EHLO c")
-    r.cmd("STARTTLS")
-    r.starttls(client_ctx(s))
-    r.cmd("EHLO c")
+    r = tls_session(s)
     assert r.cmd("AUTH LOGIN") == (334, "VXNlcm5hbWU6")
     assert r.cmd(base64.b64encode(b"alice").decode()) == (334, "UGFzc3dvcmQ6")
     code, text = r.cmd(base64.b64encode(b"Wr0ngPw-7731").decode())
@@ -106,12 +120,7 @@ def test_scram_sha_256_with_our_client_mechanism(auxprop_server):
     from smarthost.sasl import ClientContext, client_mechanism
 
     s = auxprop_server
-    r = Raw(s.ports[0])
-    r.reply()
-    r.cmd("EHLO c")
-    r.cmd("STARTTLS")
-    r.starttls(client_ctx(s))
-    r.cmd("EHLO c")
+    r = tls_session(s)
     mech = client_mechanism("SCRAM-SHA-256", "alice", "secret", ClientContext(nonce="clientnonce123456"))
     code, text = r.cmd("AUTH SCRAM-SHA-256 " + base64.b64encode(mech.start()).decode())
     while code == 334:
@@ -122,12 +131,7 @@ def test_scram_sha_256_with_our_client_mechanism(auxprop_server):
 
 def test_brute_force_is_cut_off_after_the_failure_limit(auxprop_server):
     s = auxprop_server
-    r = Raw(s.ports[0])
-    r.reply()
-    r.cmd("EHLO c")
-    r.cmd("STARTTLS")
-    r.starttls(client_ctx(s))
-    r.cmd("EHLO c")
+    r = tls_session(s)
     assert r.cmd("AUTH PLAIN " + plain("alice", "x1"))[0] == 535
     assert r.cmd("AUTH PLAIN " + plain("alice", "x2"))[0] == 535
     code, text = r.cmd("AUTH PLAIN " + plain("alice", "x3"))
@@ -158,16 +162,9 @@ def authd(tmp_path):
 
 
 def _saslauthd_server(smarthost, socket_path: Path):
-    s = smarthost(STRANGER, tls=True, start=False)
-    s.write_config()
-    (s.config_dir / "sasl").mkdir()
     # The recipe's file, exactly as the howtos write it.
-    (s.config_dir / "sasl" / "smtpd.conf").write_text(
-        f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {socket_path}\n"
-    )
-    s.write_config = lambda: None
-    s.start()
-    return s
+    return sasl_server(smarthost, f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {socket_path}\n",
+                       users=False)
 
 
 def test_recipe_smtpd_conf_with_saslauthd_protocol(smarthost, authd):
@@ -184,12 +181,7 @@ def test_recipe_smtpd_conf_with_saslauthd_protocol(smarthost, authd):
 def test_missing_auth_daemon_is_a_temporary_failure_naming_the_path(smarthost, tmp_path):
     missing = tmp_path / "nowhere" / "mux"
     s = _saslauthd_server(smarthost, missing)
-    r = Raw(s.ports[0])
-    r.reply()
-    r.cmd("EHLO c")
-    r.cmd("STARTTLS")
-    r.starttls(client_ctx(s))
-    r.cmd("EHLO c")
+    r = tls_session(s)
     started = time.monotonic()
     code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
     assert code == 454 and text == "4.7.0 Temporary authentication failure"
@@ -201,22 +193,12 @@ def test_missing_auth_daemon_is_a_temporary_failure_naming_the_path(smarthost, t
 
 
 def test_auth_rate_limit_across_sessions_and_workers(smarthost):
-    s = smarthost({**STRANGER, "smtpd_client_auth_rate_limit": "3", "smtpd_client_event_limit_exceptions": "",
-                   "smtpd_worker_processes": "2"}, tls=True, start=False)
-    s.write_config()
-    (s.config_dir / "sasl").mkdir()
-    (s.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: PLAIN\n")
-    add_user(s.config_dir, "alice", "secret")
-    s.write_config = lambda: None
-    s.start()
+    s = sasl_server(smarthost, "pwcheck_method: auxprop\nmech_list: PLAIN\n",
+                    {"smtpd_client_auth_rate_limit": "3", "smtpd_client_event_limit_exceptions": "",
+                     "smtpd_worker_processes": "2"})
     codes = []
     for _ in range(5):  # one AUTH per session: the per-session limit never triggers
-        r = Raw(s.ports[0])
-        r.reply()
-        r.cmd("EHLO c")
-        r.cmd("STARTTLS")
-        r.starttls(client_ctx(s))
-        r.cmd("EHLO c")
+        r = tls_session(s)
         code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
         codes.append(code)
         r.close()
@@ -227,12 +209,7 @@ def test_auth_rate_limit_across_sessions_and_workers(smarthost):
 
 def test_auth_parameter_is_honoured_only_after_authentication(auxprop_server):
     s = auxprop_server
-    r = Raw(s.ports[0])
-    r.reply()
-    r.cmd("EHLO c")
-    r.cmd("STARTTLS")
-    r.starttls(client_ctx(s))
-    r.cmd("EHLO c")
+    r = tls_session(s)
 
     def send(mail_from: str) -> str:
         assert r.cmd(mail_from)[0] == 250
@@ -253,21 +230,11 @@ def test_auth_parameter_is_honoured_only_after_authentication(auxprop_server):
 
 
 def test_sender_login_maps_refuse_a_sender_the_user_does_not_own(smarthost):
-    s = smarthost({**STRANGER, "smtpd_sender_restrictions": "reject_sender_login_mismatch"}, tls=True, start=False)
-    s.main_cf["smtpd_sender_login_maps"] = f"texthash:{s.config_dir}/senders"
-    s.write_config()
-    (s.config_dir / "senders").write_text("alice@example.org alice\nboss@example.org boss\n")
-    (s.config_dir / "sasl").mkdir()
-    (s.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: PLAIN\n")
-    add_user(s.config_dir, "alice", "secret")
-    s.write_config = lambda: None
-    s.start()
-    r = Raw(s.ports[0])
-    r.reply()
-    r.cmd("EHLO c")
-    r.cmd("STARTTLS")
-    r.starttls(client_ctx(s))
-    r.cmd("EHLO c")
+    s = sasl_server(smarthost, "pwcheck_method: auxprop\nmech_list: PLAIN\n",
+                    {"smtpd_sender_restrictions": "reject_sender_login_mismatch",
+                     "smtpd_sender_login_maps": "texthash:senders"},  # relative: to the config directory
+                    files={"senders": "alice@example.org alice\nboss@example.org boss\n"})
+    r = tls_session(s)
     r.cmd("AUTH PLAIN " + plain("alice", "secret"))
     r.cmd("MAIL FROM:<boss@example.org>")
     code, text = r.cmd("RCPT TO:<x@foreign.example>")

@@ -84,14 +84,21 @@ def cmd_start(args) -> int:
     return _fail(f"no pid file after {args.wait:g}s; see {log}")
 
 
+def _running(args) -> tuple[Path, int | None]:
+    """The data directory and the running master's pid (None: not running); ConfigError."""
+    from smarthost.master import read_pid
+
+    data_dir = _data_directory(args)
+    return data_dir, read_pid(data_dir)
+
+
 def cmd_stop(args) -> int:
     from smarthost.master import read_pid
 
     try:
-        data_dir = _data_directory(args)
+        data_dir, pid = _running(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    pid = read_pid(data_dir)
     if pid is None:
         return _fail("the mail system is not running")
     os.kill(pid, signal.SIGTERM)
@@ -104,13 +111,10 @@ def cmd_stop(args) -> int:
 
 
 def cmd_signal(args) -> int:
-    from smarthost.master import read_pid
-
     try:
-        data_dir = _data_directory(args)
+        _, pid = _running(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    pid = read_pid(data_dir)
     if pid is None:
         return _fail("the mail system is not running")
     os.kill(pid, args.signal)
@@ -119,13 +123,10 @@ def cmd_signal(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from smarthost.master import read_pid
-
     try:
-        data_dir = _data_directory(args)
+        _, pid = _running(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    pid = read_pid(data_dir)
     if pid is None:
         print("smarthost: the mail system is not running")
         return 1
