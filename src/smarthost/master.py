@@ -124,6 +124,7 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         sender_login_maps=p["smtpd_sender_login_maps"],
         myorigin=p["myorigin"],
         sasl_auth_enable=p["smtpd_sasl_auth_enable"],
+        relay_clientcerts=p["relay_clientcerts"],
     )
     try:
         policy = Policy.build(policy_settings, open_table=tables)
@@ -148,6 +149,7 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         bare_newline_exclusions=networks["smtpd_forbid_bare_newline_exclusions"],
         tls_loglevel=p["smtpd_tls_loglevel"],
         tls_received_header=p["smtpd_tls_received_header"],
+        fingerprint_digest=p["smtpd_tls_fingerprint_digest"],
         local=(LocalSettings.from_params(p), local_tables),
         auth=auth,
         passwords=checker,

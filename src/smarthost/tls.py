@@ -15,6 +15,7 @@ The Postfix parameters map as follows:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import stat
@@ -46,21 +47,38 @@ class TLSConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TLSInfo:
-    """Facts about an established TLS session, for the log and the Received header."""
+    """Facts about an established TLS session, for the log and the Received header.
+
+    ``peer_fingerprint``: the client certificate's digest (``smtpd_tls_fingerprint_digest``,
+    colon-separated upper-case hex, the key form of ``relay_clientcerts``); the server asks for
+    a certificate only with ``smtpd_tls_ask_ccert``, and one that does not verify against
+    ``smtpd_tls_CAfile`` fails the handshake, so a fingerprint here belongs to a verified one.
+    """
 
     version: str
     cipher: str
     bits: int
+    peer_fingerprint: str | None = None
+    peer_subject: str | None = None
 
     @classmethod
-    def from_object(cls, obj: ssl.SSLObject | ssl.SSLSocket | None) -> TLSInfo | None:
+    def from_object(cls, obj: ssl.SSLObject | ssl.SSLSocket | None, digest: str = "sha256") -> TLSInfo | None:
         if obj is None:
             return None
         cipher = obj.cipher()
         if not cipher:
             return None
         name, version, bits = cipher
-        return cls(version=obj.version() or version, cipher=name, bits=int(bits or 0))
+        fingerprint = subject = None
+        der = obj.getpeercert(binary_form=True)
+        if der:
+            fingerprint = ":".join(f"{b:02X}" for b in hashlib.new(digest, der).digest())
+            for rdn in (obj.getpeercert() or {}).get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        subject = value
+        return cls(version=obj.version() or version, cipher=name, bits=int(bits or 0),
+                   peer_fingerprint=fingerprint, peer_subject=subject)
 
     def describe(self) -> str:
         return f"{self.version} with cipher {self.cipher} ({self.bits}/{self.bits} bits)"

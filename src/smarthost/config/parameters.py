@@ -365,6 +365,10 @@ _TABLE: tuple[Parameter, ...] = (
     # SAFE: Postfix offers AUTH over plaintext by default; we offer it only after TLS.
     _bool("smtpd_tls_auth_only", "yes"),
     _bool("smtpd_tls_ask_ccert", "no"),
+    _list("relay_clientcerts"),
+    _enum("smtpd_tls_fingerprint_digest", "sha256", "sha256 sha1 md5"),
+    _str("smtp_tls_cert_file"),
+    _str("smtp_tls_key_file", "$smtp_tls_cert_file"),
     _bool("smtpd_tls_req_ccert", "no"),
     _str("smtpd_tls_session_cache_database"),
     _time("smtpd_tls_session_cache_timeout", "3600s"),

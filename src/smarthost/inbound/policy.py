@@ -95,6 +95,7 @@ class ClientFacts:
     helo: str = ""
     sasl_username: str | None = None
     tls: bool = False
+    ccert_fingerprint: str | None = None  # the verified client certificate's, smtpd_tls_fingerprint_digest
 
     @property
     def label(self) -> str:
@@ -172,6 +173,7 @@ class PolicySettings:
     myorigin: str = ""
     sender_login_maps: str | Sequence[str] = ()
     sasl_auth_enable: bool = True
+    relay_clientcerts: str | Sequence[str] = ()  # fingerprints that permit_tls_clientcerts lets relay
 
 
 # A compiled restriction: request in, decision out (None: no opinion, go on).
@@ -379,7 +381,8 @@ class Policy:
             self._own_literals.add(str(parsed))
         self._value_rules: dict[tuple[str, Stage], tuple[tuple[str, _Rule], ...] | str] = {}
         self._myorigin = _normalize_domain(settings.myorigin or settings.myhostname)
-        self._login_maps = self._open_login_maps(settings.sender_login_maps)
+        self._login_maps = self._open_maps("smtpd_sender_login_maps", settings.sender_login_maps)
+        self._clientcerts = self._open_maps("relay_clientcerts", settings.relay_clientcerts)
         lists = {
             Stage.CLIENT: settings.client_restrictions,
             Stage.HELO: settings.helo_restrictions,
@@ -539,13 +542,12 @@ class Policy:
             names.append(name)
         return names, tuple(rules)
 
-    def _open_login_maps(self, value: str | Sequence[str]) -> tuple[Table, ...]:
-        param = "smtpd_sender_login_maps"
+    def _open_maps(self, param: str, value: str | Sequence[str]) -> tuple[Table, ...]:
         maps = []
         for spec in _items(param, [value] if isinstance(value, str) else value):
             if ":" not in spec:
                 raise PolicyError(
-                    f'{param}: "{spec}" is not a table: write type:name, e.g. texthash:/etc/smarthost/sender_logins'
+                    f'{param}: "{spec}" is not a table: write type:name, e.g. texthash:/etc/smarthost/{param}'
                 )
             table = self._tables.get(spec)
             if table is None:
@@ -608,6 +610,27 @@ class Policy:
     def _r_permit_sasl_authenticated(self, stage: Stage, name: str) -> _Rule:
         decision = Decision("permit", restriction=name, stage=stage)
         return lambda req: decision if req.facts.sasl_username else None
+
+    def _r_permit_tls_clientcerts(self, stage: Stage, name: str) -> _Rule:
+        """postconf(5): permit when the client certificate's fingerprint is in relay_clientcerts.
+        Only a certificate that verified against smtpd_tls_CAfile gets this far (tls.py)."""
+        if not self._clientcerts:
+            raise PolicyError(f"{stage.value}: {name} needs relay_clientcerts, the table of client certificate "
+                              "fingerprints (smarthost cert show prints them); e.g. relay_clientcerts = "
+                              "texthash:/etc/smarthost/relay_clientcerts")
+        decision = Decision("permit", restriction=name, stage=stage)
+
+        def rule(req: _Request) -> Decision | None:
+            fingerprint = req.facts.ccert_fingerprint
+            if not fingerprint:
+                return None
+            try:
+                found = any(table.lookup(fingerprint) is not None for table in self._clientcerts)
+            except TableError as e:
+                return self._lookup_failure(stage, req, req.facts.label, e)
+            return decision if found else None
+
+        return rule
 
     def _r_sender_login_mismatch(self, stage: Stage, name: str, *, authenticated: Literal["all", "listed"] | None,
                                  unauthenticated: bool) -> _Rule:
@@ -759,6 +782,7 @@ class Policy:
         "defer": _r_defer,
         "permit_mynetworks": _r_permit_mynetworks,
         "permit_sasl_authenticated": _r_permit_sasl_authenticated,
+        "permit_tls_clientcerts": _r_permit_tls_clientcerts,
         "permit_inet_interfaces": _r_permit_inet_interfaces,
         "permit_auth_destination": _r_permit_auth_destination,
         "reject_unauth_destination": _r_reject_unauth_destination,
@@ -917,7 +941,17 @@ class Policy:
 
         return rule
 
+    def _t_ccert(self, stage: Stage, name: str, table: Table) -> _Rule:
+        def rule(req: _Request) -> Decision | None:
+            fingerprint = req.facts.ccert_fingerprint
+            if not fingerprint:
+                return None
+            return self._access(stage, name, table, (fingerprint,), req, req.facts.label, "Client certificate")
+
+        return rule
+
     _TABLE_RESTRICTIONS: dict[str, Callable[[Policy, Stage, str, Table], _Rule]] = {
+        "check_ccert_access": _t_ccert,
         "check_client_access": _t_client,
         "check_helo_access": _t_helo,
         "check_sender_access": _t_sender,

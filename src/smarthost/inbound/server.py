@@ -97,6 +97,7 @@ class Listener:
     bare_newline_exclusions: NetworkList  # clients for whom "reject" relaxes to "normalize"
     tls_loglevel: int
     tls_received_header: bool
+    fingerprint_digest: str = "sha256"  # smtpd_tls_fingerprint_digest
     local: tuple[LocalSettings, LocalTables] | None = None  # who exists here (550 5.1.1 at RCPT)
     auth: AuthSettings | None = None  # None: AUTH off for this service
     passwords: PasswordChecker | None = None  # cyrus: saslauthd and/or the user database
@@ -240,14 +241,15 @@ class Session(asyncio.Protocol):
         self.worker.opened(self)
         self.maillog.log(f"connect from {self.label}")
         if listener.wrappermode:
-            self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"))
+            self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"), listener.fingerprint_digest)
             self._log_tls()
         settings = listener.settings
         if settings.bare_newline == "reject" and listener.bare_newline_exclusions.contains(address):
             settings = replace(settings, bare_newline="normalize")
         self.conn = ServerConnection(settings, tls_active=listener.wrappermode)
         self.facts = ClientFacts(address=address, name=name, helo="", sasl_username=None,
-                                 tls=self.tls is not None)
+                                 tls=self.tls is not None,
+                                 ccert_fingerprint=self.tls.peer_fingerprint if self.tls else None)
         count = self.worker.counts.opened(address)
         self._counted = True
         limit = listener.connection_limit
@@ -627,8 +629,8 @@ class Session(asyncio.Protocol):
         if transport is None:
             return
         self.transport = transport
-        self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"))
-        self.facts = replace(self.facts, tls=True)
+        self.tls = TLSInfo.from_object(transport.get_extra_info("ssl_object"), listener.fingerprint_digest)
+        self.facts = replace(self.facts, tls=True, ccert_fingerprint=self.tls.peer_fingerprint if self.tls else None)
         self._log_tls()
         self.idle = 0.0
         self.conn.tls_established()
@@ -636,8 +638,14 @@ class Session(asyncio.Protocol):
         self._pump()
 
     def _log_tls(self) -> None:
-        if self.tls is not None and self.listener.tls_loglevel >= 1:
-            self.maillog.log(f"Anonymous TLS connection established from {self.label}: {self.tls.describe()}")
+        tls = self.tls
+        if tls is not None and self.listener.tls_loglevel >= 1:
+            if tls.peer_fingerprint:  # verified against smtpd_tls_CAfile, or the handshake had failed
+                self.maillog.log(f"Trusted TLS connection established from {self.label}: {tls.describe()}")
+                self.maillog.log(f"{self.label}: client certificate verified: CN={tls.peer_subject},"
+                                 f" fingerprint={tls.peer_fingerprint}")
+            else:
+                self.maillog.log(f"Anonymous TLS connection established from {self.label}: {tls.describe()}")
 
     # -- ends -------------------------------------------------------------------------------
 

@@ -96,6 +96,8 @@ class ClientTLSSettings:
     verify_cert_match: tuple[str, ...] = ("hostname",)
     secure_cert_match: tuple[str, ...] = ("nexthop", "dot-nexthop")
     loglevel: int = 0
+    cert_file: str | None = None  # smtp_tls_cert_file: our client certificate (permit_tls_clientcerts)
+    key_file: str | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> ClientTLSSettings:
@@ -125,6 +127,8 @@ class ClientTLSSettings:
             verify_cert_match=listed("smtp_tls_verify_cert_match", ("hostname",)),
             secure_cert_match=listed("smtp_tls_secure_cert_match", ("nexthop", "dot-nexthop")),
             loglevel=int(get("smtp_tls_loglevel", 0)),
+            cert_file=get("smtp_tls_cert_file", "") or None,
+            key_file=get("smtp_tls_key_file", "") or None,
         )
 
 
@@ -181,6 +185,15 @@ def make_context(
             ) from None
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    if settings.cert_file:
+        try:
+            ctx.load_cert_chain(settings.cert_file, settings.key_file or settings.cert_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(
+                f"smtp_tls_cert_file: cannot use {settings.cert_file} with key"
+                f" {settings.key_file or settings.cert_file} ({exc}); check both paths and that the key"
+                " belongs to the certificate"
+            ) from None
     return ctx
 
 
