@@ -17,6 +17,10 @@ connections), and one queue manager (``qmgr``: delivery). It then waits for sign
   then close the rest with ``421``.
 
 Workers are plain ``fork()`` children running one asyncio loop each (uvloop where installed).
+Started as root, the SMTP workers drop to ``mail_owner`` right after the fork (the listening
+sockets, TLS keys and the user database are open by then); the queue manager stays root,
+because local delivery writes each Maildir as its owner. ``master.cf``'s chroot column is not
+implemented: services run unchrooted, and a warning says so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -211,6 +216,9 @@ def build_runtime(cfg: Config) -> Runtime:
     bindings = []
     warnings = list(cfg.warnings)
     for service in cfg.services:
+        if service.chroot:
+            warnings.append(f"{service.file}:{service.line}: service {service.name}: chroot is not implemented;"
+                            " it runs unchrooted and resolves paths (auth sockets too) as written")
         if service.type != "inet" or service.command != "smtpd":
             continue
         listener = build_listener(service, cfg, warnings)
@@ -283,8 +291,17 @@ def _child_main(name: str, maillog: MailLog, main) -> None:
         os._exit(status)
 
 
-def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts) -> None:
-    """Entry point of a forked SMTP worker; never returns."""
+def worker_main(runtime: Runtime, sockets: dict, maillog: MailLog, counts: WorkerCounts,
+                owner: tuple[int, int] | None) -> None:
+    """Entry point of a forked SMTP worker; never returns. With ``owner`` (uid, gid) it drops
+    to that user once the listening sockets are inherited and whatever needs root is open."""
+    if owner is not None:
+        for listener, _ in runtime.bindings:
+            if listener.passwords is not None:
+                listener.passwords.open()  # the user database is root's (0600): open it first
+        os.setgroups([])
+        os.setgid(owner[1])
+        os.setuid(owner[0])
     _child_main("smtpd", maillog, lambda: _worker(runtime, sockets, maillog, counts))
 
 
@@ -332,6 +349,7 @@ class Master:
         self.runtime: Runtime | None = None
         self.maillog: MailLog | None = None
         self.pid_file: Path | None = None
+        self.owner: tuple[int, int] | None = None  # (uid, gid) the SMTP workers run as
         self._restart_delay = 0.0
 
     # Configuration → runtime, both at start and on reload.
@@ -366,6 +384,7 @@ class Master:
             self.maillog.warning(warning)
         self._bind_all(runtime)
         self.runtime = runtime
+        self.owner = self._mail_owner(runtime.config)
         self._write_pid(Path(params["data_directory"]))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         addresses = ", ".join(
@@ -378,6 +397,31 @@ class Master:
         finally:
             self._remove_pid()
             self.maillog.close()
+
+    def _mail_owner(self, cfg: Config) -> tuple[int, int] | None:
+        """As root, the SMTP workers run as ``mail_owner`` (the queue manager stays root: local
+        delivery switches to each mailbox's owner). The queue directory is given to that user."""
+        if os.geteuid() != 0:
+            return None
+        name = cfg.params["mail_owner"]
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            self.maillog.warning(
+                f"mail_owner = {name}: no such user; the SMTP workers run as root. Create it"
+                f" (useradd --system --no-create-home --shell /usr/sbin/nologin {name}) or set mail_owner"
+                " to an unprivileged user"
+            )
+            return None
+        if user.pw_uid == 0:
+            raise StartError(f"mail_owner = {name} is root; name an unprivileged user (e.g. smarthost)")
+        queue = Path(cfg.params["queue_directory"])
+        (queue / "public").mkdir(mode=0o700, exist_ok=True)  # the queue manager's wake-up socket
+        for path in [queue, *queue.iterdir(), *(queue / "bodies").iterdir()]:
+            if path.name in ("maildrop", "corrupt-maildrop"):
+                continue  # sendmail's drop box (1733 root) and its rejects stay root's
+            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        return user.pw_uid, user.pw_gid
 
     def _write_pid(self, data_directory: Path) -> None:
         data_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -417,7 +461,7 @@ class Master:
         row = self.counts.allocate_row()
         pid = os.fork()
         if pid == 0:
-            worker_main(self.runtime, sockets, self.maillog, self.counts.bind(row))
+            worker_main(self.runtime, sockets, self.maillog, self.counts.bind(row), self.owner)
         self.workers[pid] = (self.generation, time.monotonic(), row)
 
     def _supervise(self) -> int:

@@ -10,8 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-from peers import free_port, make_shared_dir, process_tree, wait_for_port
+import pytest
+
+from peers import SmarthostInstance, free_port, make_shared_dir, process_tree, wait_for_port
 from test_server import Raw
 
 MSG = b"Subject: load\r\n\r\n" + b"0123456789abcdef" * 250 + b"\r\n"
@@ -230,3 +233,44 @@ def test_reload_picks_up_a_new_certificate(smarthost):
         time.sleep(0.2)
     assert after != before
     assert b"renewed.example.test" in after
+
+
+def _uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(pid)
+
+
+def test_workers_drop_to_mail_owner_and_still_queue_and_deliver():
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("dropping privileges needs root")
+    nobody = pwd.getpwnam("nobody")
+    shared = make_shared_dir()  # mail_owner must reach the queue directory
+    try:
+        port = free_port()
+        s = SmarthostInstance(shared / "s", {"mail_owner": "nobody", "mydestination": "example.test",
+                                             "local_recipient_maps": "", "mynetworks": "127.0.0.0/8"},
+                              f"127.0.0.1:{port} inet n - n - - smtpd\n")
+        with s:
+            workers = _workers(s, 2)
+            assert {_uid(p) for p in workers} == {nobody.pw_uid}
+            assert _uid(s.pid) == 0
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+                c.sendmail("a@example.org", ["bob@example.test"], b"Subject: as nobody\r\n\r\nx\r\n")
+            (entry,) = s.queue_entries()
+            assert s.read_body(entry.id).endswith(b"Subject: as nobody\r\n\r\nx\r\n")
+            assert (s.queue_dir / "queue.db").stat().st_uid == nobody.pw_uid
+            assert "no such user" not in s.log_text()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_missing_mail_owner_is_named_in_the_log(smarthost):
+    if os.geteuid() != 0:
+        pytest.skip("only root drops privileges")
+    s = smarthost({"mail_owner": "nosuchuser-smarthost"})
+    time.sleep(0.2)
+    assert "warning: mail_owner = nosuchuser-smarthost: no such user; the SMTP workers run as root" in s.log_text()

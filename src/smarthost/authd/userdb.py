@@ -105,6 +105,11 @@ class UserDB:
         self._conn = conn
         return conn
 
+    def open(self) -> None:
+        """Connect now (e.g. before giving up the privileges that can read the file)."""
+        with self._lock:
+            self._connect(create=False)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import sys
+from pathlib import Path
 
 from smarthost.authd.backends import BACKENDS, BackendError, make_backend
 from smarthost.authd.cache import CredentialCache
 from smarthost.authd.daemon import DEFAULT_SOCKET_DIR, AuthDaemon, DaemonError
 from smarthost.cli.users import userdb_path
+from smarthost.config import ConfigError, load
 from smarthost.maillog import MailLog
 
 
@@ -44,6 +47,24 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _share_with_mail_owner(socket_dir: Path, config_dir: Path) -> None:
+    """Let the SMTP workers (``mail_owner``) reach the socket: the directory is 0710, so give
+    it their group — what the classic recipe does by hand with ``adduser postfix sasl``."""
+    if os.geteuid() != 0:
+        return
+    try:
+        name = load(config_dir).params["mail_owner"]
+    except ConfigError:
+        name = "smarthost"
+    try:
+        gid = pwd.getpwnam(name).pw_gid
+        st = os.stat(socket_dir)
+    except (KeyError, OSError):
+        return
+    if st.st_gid == 0 and not st.st_mode & 0o007:
+        os.chown(socket_dir, -1, gid)
+
+
 def cmd_authd(args) -> int:
     if args.threads < 1 or args.cache_ttl <= 0:
         print("smarthost: authd: -n and -t must be positive", file=sys.stderr)
@@ -64,6 +85,7 @@ def cmd_authd(args) -> int:
     except OSError as e:
         print(f"smarthost: authd: fatal: {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
+    _share_with_mail_owner(Path(args.socket_dir), Path(args.config_dir))
     if not args.foreground and os.fork() > 0:
         os._exit(0)  # the parent returns once the sockets listen; the child serves
     if not args.foreground:

@@ -57,6 +57,11 @@ class PasswordChecker:
         self._userdb = UserDB(conf.sasldb_path) if conf.sasldb_path and "auxprop" in conf.pwcheck_methods else None
         self._pool: ThreadPoolExecutor | None = None
 
+    def open(self) -> None:
+        """Open the user database now (before a worker gives up root, which owns it)."""
+        if self._userdb is not None:
+            self._userdb.open()
+
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:  # made lazily: after fork, in the worker
             self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="auth")

@@ -41,6 +41,16 @@ Timeouts (postconf(5) names, Postfix's defaults): ``smtp_connect_timeout`` 30s,
 ``smtp_data_xfer_timeout`` 180s (each write), ``smtp_data_done_timeout`` 600s,
 ``smtp_rset_timeout`` 20s, ``smtp_quit_timeout`` 300s.
 
+A connection the server does not know: a server behind SYN cookies whose accept queue is
+full drops the last ACK of the handshake, and has no such connection, while ours is
+established. The server speaks first, so we send nothing, TCP never learns it, and the
+greeting would be awaited for all of ``smtp_helo_timeout``. While waiting for the greeting,
+keepalive probes therefore run (after 5s of silence, every 5s, 30s unanswered at most): the
+server's kernel answers a probe for an unknown connection with a reset (RFC 9293 §3.5.2,
+§3.8.4), and the delivery is deferred at once. A server that is merely slow to greet answers
+the probes and is waited for as before. After the greeting every wait follows a command we
+sent, whose own segments get that reset.
+
 Mail log: a line per TLS connection (``Verified TLS connection established to
 host[addr]:port: TLSv1.3 with cipher ...``, ``Untrusted`` when the certificate was not
 checked, or was checked and failed); the queue manager logs
@@ -54,6 +64,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -94,6 +105,7 @@ log = logging.getLogger(__name__)
 
 _READ_SIZE = 65536
 _MAX_BUFFERED = 1 << 18  # stop reading from a server that sends faster than we parse
+_GREETING_PROBES = (5, 5, 6)  # TCP keepalive while awaiting the greeting: idle, interval, count
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +301,21 @@ class _Pipe(asyncio.Protocol):
             self.transport.close()
 
 
+def _keepalive(pipe: _Pipe, on: bool) -> None:
+    """Turn TCP keepalive probes (``_GREETING_PROBES``) on or off for this connection."""
+    sock = pipe.transport.get_extra_info("socket") if pipe.transport is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(on))
+        if on:
+            for name, value in zip(("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), _GREETING_PROBES):
+                if hasattr(socket, name):  # Linux names; elsewhere the system's timing applies
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:  # the connection is already gone: the next read says so
+        pass
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -441,7 +468,9 @@ class SmtpSession:
         self.uses = 0
         if wrapper:
             self._check_tls(policy, label, hostname, nexthop)
+        _keepalive(pipe, True)  # see the module docstring: a connection the server forgot
         event = await self._until((Greeting,), s.helo_timeout, conn, pipe)
+        _keepalive(pipe, False)
         if not event.ok:
             raise _SetupFailed(Outcome.deferred(
                 "4.3.0", f"host {label} refused to talk to me: {reply_line(event.reply)}"))

@@ -786,6 +786,7 @@ class QueueManager:
                 pass
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.bind(str(path))
+            os.chmod(path, 0o666)  # the SMTP workers (mail_owner) send here; public/ guards who may
             sock.setblocking(False)
         except OSError as exc:
             self.maillog.warning(f"cannot listen on {path} ({exc.strerror or exc}); new mail waits for queue scans")
