@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -483,3 +484,49 @@ async def test_a_bug_while_routing_defers_the_message_and_the_queue_keeps_runnin
     assert h.maillog.grep(f"error: {queue_id}: internal error while scheduling the delivery; deferred")
     assert h.store.get(queue_id).next_attempt == T0 + 300
     await h.stop()
+
+
+TCP_REPAIR = getattr(socket, "TCP_REPAIR", 19)  # Linux: a socket closed in repair mode sends nothing
+
+
+async def _forget_every_connection(listener: socket.socket) -> None:
+    """A next hop whose kernel drops each connection without a FIN or reset: what a server behind
+    SYN cookies does with a handshake whose last ACK finds its accept queue full. Our side stays
+    established and waits for a greeting that never comes."""
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        conn.close()
+
+
+@run_async
+async def test_a_connection_the_next_hop_forgot_defers_instead_of_staying_active(harness, monkeypatch) -> None:
+    from smarthost.outbound import smtp
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    try:
+        probe = socket.socket()
+        probe.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        probe.close()
+    except OSError:
+        listener.close()
+        pytest.skip("TCP_REPAIR needs Linux and CAP_NET_ADMIN")
+    forgetter = asyncio.create_task(_forget_every_connection(listener))
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(smtp, "_GREETING_PROBES", (1, 1, 3))  # the real timing is 5s
+    h = harness({"relayhost": f"[127.0.0.1]:{port}", "smtp_tls_security_level": "none"})
+    h.manager.transports["smtp"] = h.manager.transports["relay"] = smtp.SmtpTransport.from_params(
+        h.config.params, None, log=h.maillog.log)
+    queue_id = await h.submit("alice@example.org", ["bob@example.net"])
+    h.start()
+    # Without the probes the greeting is awaited for smtp_helo_timeout (300s), the entry active.
+    await h.until(lambda: h.state(queue_id) is QueueState.DEFERRED, "the deferral")
+    [line] = h.maillog.grep(f"{queue_id}: to=<bob@example.net>")
+    assert line.endswith(f"status=deferred (conversation with 127.0.0.1[127.0.0.1]:{port} failed: lost connection)")
+    await h.stop()
+    forgetter.cancel()
+    listener.close()
