@@ -54,7 +54,64 @@ def logical_lines(text: str, path: Path) -> Iterator[tuple[int, str]]:
         yield start, " ".join(parts)
 
 
-class FileTable(Generic[Data]):
+def stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What says a file changed: inode (replaced), size and modification time."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class WatchedFile(Generic[Data]):
+    """Data loaded from one file (``self.watched``) and loaded again when that file changes.
+
+    Subclasses set ``watched`` and implement ``_load() -> (data, stamp)``; :meth:`current` gives
+    the data, checking the file at most once every ``RECHECK_SECONDS``.
+    """
+
+    name: str
+    watched: Path
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._error: TableError | None = None
+        self._data, self._stamp = self._load()
+        self._checked = clock()
+
+    def _load(self) -> tuple[Data, tuple[int, int, int]]:
+        raise NotImplementedError
+
+    def current(self) -> Data:
+        """The loaded data, loaded again first if the file changed. Raises TableError while
+        the file is missing or broken."""
+        now = self._clock()
+        if now - self._checked >= RECHECK_SECONDS:
+            self._checked = now
+            self._recheck()
+        if self._error is not None:
+            raise self._error
+        return self._data
+
+    def _recheck(self) -> None:
+        try:
+            st = os.stat(self.watched)
+        except OSError as e:
+            if self._error is None:
+                log.error("%s: cannot stat %s: %s", self.name, self.watched, e.strerror)
+            self._error = TableError(f"{self.name}: cannot read {self.watched}: {e.strerror}")
+            self._stamp = (0, 0, 0)
+            return
+        if stamp(st) == self._stamp:
+            return
+        try:
+            self._data, self._stamp = self._load()
+        except TableError as e:
+            log.error("%s: changed file not loaded: %s", self.name, e)
+            self._error = e
+            self._stamp = stamp(st)
+            return
+        self._error = None
+        log.info("%s: reloaded %s", self.name, self.watched)
+
+
+class FileTable(WatchedFile[Data]):
     """A table read from one file and parsed by ``parse(text, path)``; re-read when it changes."""
 
     def __init__(
@@ -66,48 +123,13 @@ class FileTable(Generic[Data]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
-        self.path = path
+        self.path = self.watched = path
         self._parse = parse
-        self._clock = clock
-        self._error: TableError | None = None
-        self._data, self._stamp = self._read()
-        self._checked = clock()
+        super().__init__(clock)
 
-    def _read(self) -> tuple[Data, tuple[int, int, int]]:
+    def _load(self) -> tuple[Data, tuple[int, int, int]]:
         text, st = read_text_file(self.path, self.name)
-        return self._parse(text, self.path), (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def current(self) -> Data:
-        """The parsed contents, re-read first if the file changed. Raises TableError while the
-        file is missing or broken."""
-        now = self._clock()
-        if now - self._checked >= RECHECK_SECONDS:
-            self._checked = now
-            self._recheck()
-        if self._error is not None:
-            raise self._error
-        return self._data
-
-    def _recheck(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            if self._error is None:
-                log.error("%s: cannot stat %s: %s", self.name, self.path, e.strerror)
-            self._error = TableError(f"{self.name}: cannot read {self.path}: {e.strerror}")
-            self._stamp = (0, 0, 0)
-            return
-        if (st.st_ino, st.st_size, st.st_mtime_ns) == self._stamp:
-            return
-        try:
-            self._data, self._stamp = self._read()
-        except TableError as e:
-            log.error("%s: changed file not loaded: %s", self.name, e)
-            self._error = e
-            self._stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-            return
-        self._error = None
-        log.info("%s: reloaded %s", self.name, self.path)
+        return self._parse(text, self.path), stamp(st)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -32,7 +32,7 @@ from pathlib import Path
 import lmdb
 
 from smarthost.tables import TableError, read_text_file, resolve_path
-from smarthost.tables.filetable import RECHECK_SECONDS, logical_lines
+from smarthost.tables.filetable import WatchedFile, logical_lines, stamp
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +194,7 @@ def _shared_env(db_path: Path, name: str, source: Path) -> tuple[lmdb.Environmen
     raise TableError(f"{name}: {db_path} keeps changing while being opened; try again")
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-class LmdbTable:
+class LmdbTable(WatchedFile[lmdb.Environment]):
     """A compiled table. ``fold=False`` looks keys up as given (``postmap -f -q``)."""
 
     def __init__(
@@ -206,22 +202,19 @@ class LmdbTable:
     ) -> None:
         self.name = name
         self.path = source
-        self.db_path = compiled_path(source)
+        self.db_path = self.watched = compiled_path(source)
         #: True while the source file is newer than the compiled file (for the config doctor).
         self.stale = False
         self._fold = fold
-        self._clock = clock
-        self._error: TableError | None = None
-        self._env, self._stamp = self._open()
-        self._checked = clock()
+        super().__init__(clock)
         self._check_stale()
 
-    def _open(self) -> tuple[lmdb.Environment, tuple[int, int, int]]:
+    def _load(self) -> tuple[lmdb.Environment, tuple[int, int, int]]:
         env, st = _shared_env(self.db_path, self.name, self.path)
-        return env, _stamp(st)
+        return env, stamp(st)
 
     def lookup(self, key: str) -> str | None:
-        env = self._current()
+        env = self.current()
         try:
             k = (key.lower() if self._fold else key).encode()
         except UnicodeEncodeError:  # not text (a surrogate-escaped byte): in no table
@@ -237,37 +230,12 @@ class LmdbTable:
 
     def items(self) -> Iterator[tuple[str, str]]:
         """Every entry, in key order (``postmap -s``)."""
-        with self._current().begin() as txn:
+        with self.current().begin() as txn:
             for k, v in txn.cursor():
                 yield k.decode(), v.decode()
 
-    def _current(self) -> lmdb.Environment:
-        now = self._clock()
-        if now - self._checked >= RECHECK_SECONDS:
-            self._checked = now
-            self._recheck()
-        if self._error is not None:
-            raise self._error
-        return self._env
-
     def _recheck(self) -> None:
-        try:
-            st = os.stat(self.db_path)
-        except OSError as e:
-            if self._error is None:
-                log.error("%s: cannot stat %s: %s", self.name, self.db_path, e.strerror)
-            self._error = TableError(f"{self.name}: cannot read {self.db_path}: {e.strerror}")
-            self._stamp = (0, 0, 0)
-            return
-        if _stamp(st) != self._stamp:
-            try:
-                self._env, self._stamp = self._open()
-            except TableError as e:
-                log.error("%s: changed file not loaded: %s", self.name, e)
-                self._error, self._stamp = e, _stamp(st)
-                return
-            self._error = None
-            log.info("%s: reloaded %s", self.name, self.db_path)
+        super()._recheck()
         self._check_stale()
 
     def _check_stale(self) -> None:
