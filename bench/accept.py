@@ -16,9 +16,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -31,10 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "interop"))
-
-from peers import (  # noqa: E402
+from common import ROOT, TIME_WAIT_LIMIT, versions, wait_for_time_wait_below, write_results
+from peers import (  # tests/interop, on sys.path through common
     PeerError,
     PostfixInstance,
     SmarthostInstance,
@@ -46,7 +42,6 @@ from peers import (  # noqa: E402
 
 SENDER = "bench@sender.example"
 RECIPIENT = "rcpt@remote.example"  # a foreign domain: accepted because loopback is in mynetworks
-TIME_WAIT_LIMIT = 12000  # loopback has ~28k ephemeral ports; wait below this before a run
 QUEUE_SETTLE = 15.0  # seconds to wait for the queue count to reach what was sent
 
 
@@ -66,18 +61,6 @@ class Run:
     msgs_per_s: float
     server_cpu_us_per_msg: float
     client_cpu_us_per_msg: float
-
-
-def time_wait_count() -> int:
-    """Sockets in TIME_WAIT (state 06 in /proc/net/tcp)."""
-    with open("/proc/net/tcp") as f:
-        return sum(1 for line in f if line.split()[3:4] == ["06"])
-
-
-def wait_for_time_wait_below(limit: int) -> None:
-    deadline = time.monotonic() + 70  # TIME_WAIT lasts 60 s on Linux
-    while time_wait_count() > limit and time.monotonic() < deadline:
-        time.sleep(1)
 
 
 def wait_for_count(target: Target, expected: int) -> int:
@@ -180,17 +163,6 @@ def print_summary(summary: dict, args: argparse.Namespace) -> None:
                   "   (smarthost / Postfix)")
 
 
-def versions() -> dict:
-    postconf = subprocess.run([peer_command("postconf") or "postconf", "-dh", "mail_version"],
-                              capture_output=True, text=True)
-    return {
-        "postfix": postconf.stdout.strip(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
@@ -254,17 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(runs, [t.name for t in targets], args.shapes)
     print_summary(summary, args)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    out = Path(args.results) / f"accept-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "accept",
-        "time": stamp,
+    out = write_results(args.results, "accept", stamp, {
         "parameters": {"messages": args.messages, "size": args.size, "runs": args.runs,
                        "sessions": args.shapes, "smarthost_workers": args.workers},
         "versions": versions(),
         "runs": [asdict(r) for r in runs],
         "summary": summary,
-    }, indent=2) + "\n")
+    })
     print(f"\nwrote {out}")
     return 0
 
