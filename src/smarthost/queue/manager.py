@@ -355,6 +355,8 @@ class QueueManager:
         self._flush_requested = False
         self._stopping = False
         self._active: dict[str, _Active] = {}
+        self._removals: list[tuple[str, asyncio.Future]] = []  # finished entries waiting for one commit
+        self._removing = False
         self._destinations: dict[Hashable, _Destination] = {}
         self._running = 0  # deliveries in progress (worker tasks)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -461,14 +463,44 @@ class QueueManager:
 
     # -- one message -------------------------------------------------------------------------
 
+    def _read_entry(self, queue_id: str) -> tuple[bytes, list[tuple[str | None, str | None]]]:
+        """Body and recorded outcomes, in one trip to the store's thread."""
+        return self.store.read_body(queue_id), self.store.recipient_results(queue_id)
+
+    async def _remove(self, queue_id: str) -> None:
+        """Delete a finished entry. Removals that come while one is being committed are
+        committed together (one fsync), the way the SMTP side commits new mail."""
+        future = asyncio.get_running_loop().create_future()
+        self._removals.append((queue_id, future))
+        if not self._removing:
+            self._removing = True
+            asyncio.get_running_loop().create_task(self._commit_removals())
+        await future
+
+    async def _commit_removals(self) -> None:
+        try:
+            while self._removals:
+                batch, self._removals = self._removals, []
+                try:
+                    await self._db(self.store.delete_many, [queue_id for queue_id, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each waiter decides what it means
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._removing = False
+
     async def _activate(self, entry: QueueEntry) -> None:
         queue_id = entry.id
         if entry.state is QueueState.CORRUPT or entry.envelope is None:
             self.maillog.warning(f"{queue_id}: corrupt queue entry moved to corrupt (envelope unreadable)")
             return
         try:
-            body = await self._db(self.store.read_body, queue_id)
-            prior = await self._db(self.store.recipient_results, queue_id)
+            body, prior = await self._db(self._read_entry, queue_id)
         except CorruptEntry as exc:
             self.maillog.warning(f"{queue_id}: corrupt queue entry: {exc}")
             return
@@ -722,7 +754,7 @@ class QueueManager:
             statuses = {i: (o.status.value, str(o)) for i, o in results.items()}
             await self._db(partial(self.store.record_attempt, entry.id, statuses, next_attempt=retry_at))
         else:
-            await self._db(self.store.delete, entry.id)
+            await self._remove(entry.id)
             self.maillog.log(f"{entry.id}: removed")
 
     async def _notify_failure(self, active: _Active, bounced: list[int], results: dict[int, Outcome], now: float) -> None:

@@ -706,19 +706,27 @@ class QueueStore:
 
     def delete(self, queue_id: str) -> None:
         """Remove the entry, its recipients and its body (table row or file)."""
+        if not self.delete_many([queue_id]):
+            raise NoSuchEntry(f"no queue entry {queue_id}")
+
+    def delete_many(self, queue_ids: list[str]) -> list[str]:
+        """Remove several entries in one transaction (one fsync); returns the ids that existed."""
         with self._transaction("BEGIN IMMEDIATE") as conn:
-            row = conn.execute(
-                "SELECT body_file FROM messages WHERE id = ?", (queue_id,)
-            ).fetchone()
-            if row is None:
-                raise NoSuchEntry(f"no queue entry {queue_id}")
-            conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))
-            conn.execute("DELETE FROM bodies WHERE id = ?", (queue_id,))
-            conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+            found = []
+            for queue_id in queue_ids:
+                row = conn.execute("SELECT body_file FROM messages WHERE id = ?", (queue_id,)).fetchone()
+                if row is None:
+                    continue
+                found.append((queue_id, row[0]))
+                conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))
+                conn.execute("DELETE FROM bodies WHERE id = ?", (queue_id,))
+                conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
         # After the commit: a crash in between leaves an orphan file, never a
         # row without its body (remove_orphan_bodies() cleans up orphans).
-        if row[0] is not None:
-            self._remove_body_file(row[0])
+        for _, body_file in found:
+            if body_file is not None:
+                self._remove_body_file(body_file)
+        return [queue_id for queue_id, _ in found]
 
     def count(self, state: QueueState | None = None) -> int:
         with self._transaction("BEGIN") as conn:
