@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from peers import free_port, wait_for_text
+from peers import free_port, require_peer, wait_for_text
 
 MESSAGE = (
     "From: Alice <alice@satellite.example>\n"
@@ -97,3 +97,53 @@ def test_postfix_bounces_what_we_refuse(start_smarthost, start_postfix):
         timeout=30, what="Postfix's log",
     )
     assert strict.queue_entries() == []
+
+
+def test_postfix_as_the_recipes_client_authenticates_into_smarthost(start_smarthost, start_postfix, interop_dir):
+    """The satellite half of the recipe, literally: relayhost, a postmap'd sasl_passwd, TLS;
+    smarthost lets only authenticated clients relay (loopback is not in its mynetworks)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    server = start_smarthost(
+        "auth-server",
+        {"mynetworks": "192.0.2.0/24", "mydestination": "", "smtpd_sasl_auth_enable": "yes",
+         "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
+         "cyrus_sasl_config_path": "sasl"},
+        f"127.0.0.1:{port} inet n - n - - smtpd\n",
+        tls=True,
+    )
+    # The recipe's server side: sasl/smtpd.conf and a user (the server re-reads nothing at AUTH
+    # time but the user database, so adding both after start is fine).
+    (server.config_dir / "sasl").mkdir(exist_ok=True)
+    (server.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: PLAIN LOGIN\n")
+    subprocess.run([sys.executable, "-m", "smarthost", "-c", str(server.config_dir), "users", "add", "satellite"],
+                   input="s4t-Pass word\n", text=True, check=True, capture_output=True)
+    server.stop()
+    server.start()
+    client_dir = interop_dir / "recipe-client-etc"
+    client_dir.mkdir()
+    client_dir.chmod(0o755)
+    passwd = client_dir / "sasl_passwd"
+    passwd.write_text(f"[127.0.0.1]:{port} satellite:s4t-Pass word\n")
+    passwd.chmod(0o600)
+    postfix = start_postfix("recipe-client", {
+        "myhostname": "satellite.example",
+        "relayhost": f"[127.0.0.1]:{port}",
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps": f"hash:{passwd}",
+        "smtp_sasl_security_options": "noanonymous",
+        "smtp_tls_security_level": "encrypt",
+        "smtp_tls_loglevel": "1",
+    })
+    # Postfix's own postmap, as the howtos say (-c: this private instance's configuration).
+    subprocess.run([require_peer("postmap"), "-c", str(postfix.config_dir), f"hash:{passwd}"], check=True)
+    postfix.sendmail("alice@satellite.example", ["bob@remote.example"], MESSAGE.encode())
+    sent = wait_for_text(postfix.maillog, r"to=<bob@remote\.example>, .*status=sent \(250 2\.0\.0 Ok: queued as (\S+)\)",
+                         timeout=30, what="Postfix's log")
+    queue_id = sent.group(1)
+    entry = server.wait_for_entry(queue_id)
+    assert entry.envelope.sasl_username == "satellite"
+    assert server.read_body(queue_id).endswith(MESSAGE_ON_WIRE)
+    assert f"{queue_id}: client=localhost[127.0.0.1], sasl_method=PLAIN, sasl_username=satellite" in server.log_text()
