@@ -44,13 +44,16 @@ class FakeSmarthost:
 
     def __init__(self, *, tls: ssl.SSLContext | None = None, offer_starttls: bool = True,
                  starttls_reply: bytes = b"220 2.0.0 Ready to start TLS\r\n", auth: bytes = b"PLAIN LOGIN",
-                 auth_reply: bytes = b"235 2.7.0 Authentication successful\r\n", drop_in_data: int = 0) -> None:
+                 auth_reply: bytes = b"235 2.7.0 Authentication successful\r\n", drop_in_data: int = 0,
+                 slow_data: int = 0, slowness: float = 0.0) -> None:
         self.tls = tls
         self.offer_starttls = offer_starttls
         self.starttls_reply = starttls_reply
         self.auth = auth
         self.auth_reply = auth_reply
         self.drop_in_data = drop_in_data  # close the connection in the middle of this many DATAs
+        self.slow_data = slow_data  # answer this many messages only after ``slowness`` seconds
+        self.slowness = slowness
         self.commands: list[bytes] = []
         self.segments: list[bytes] = []
         self.messages: list[bytes] = []
@@ -120,8 +123,13 @@ class FakeSmarthost:
                         if not await more():
                             return
                     end = (b"\r\n" + buf).index(b"\r\n.\r\n")
-                    self.messages.append(bytes(buf[: end + 3]))
+                    message = bytes(buf[: end + 3])
                     del buf[: end + 3]
+                    if self.slow_data:
+                        self.slow_data -= 1
+                        await asyncio.sleep(self.slowness)  # a slow smarthost: the client gives up first
+                        continue
+                    self.messages.append(message)
                     writer.write(b"250 2.0.0 Ok: queued as FAKE%d\r\n" % len(self.messages))
                 elif verb == b"QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
@@ -408,6 +416,26 @@ async def test_connection_drop_in_data_defers_then_the_retry_delivers(tmp_path) 
         assert await sat.outcome(queue_id) is None
         assert unstuff(server.messages[0][:-3]) == BODY
         assert server.connections == 2
+    finally:
+        await sat.close()
+        await server.stop()
+
+
+@run_async
+async def test_slow_smarthost_defers_then_the_retry_delivers(tmp_path) -> None:
+    server = FakeSmarthost(auth=b"", slow_data=1, slowness=5.0)
+    sat, queue_id, state = await relay(tmp_path, server, {"smtp_tls_security_level": "none",
+                                                          "smtp_data_done_timeout": "1s"}, creds=False)
+    try:
+        assert state is QueueState.DEFERRED
+        log = sat.maillog.text()
+        assert "dsn=4.4.2, status=deferred (conversation with 127.0.0.1[127.0.0.1]:" in log, log
+        assert "failed: timeout talking to 127.0.0.1[127.0.0.1]:" in log, log
+        assert server.messages == []  # the slow server never acknowledged it
+        sat.clock.now = sat.store.get(queue_id).next_attempt
+        sat.manager.wake()
+        assert await sat.outcome(queue_id) is None
+        assert unstuff(server.messages[0][:-3]) == BODY
     finally:
         await sat.close()
         await server.stop()
