@@ -42,6 +42,7 @@ EHLO = """
     S: {auth}
     S: 250-ENHANCEDSTATUSCODES
     S: 250-8BITMIME
+    S: 250-DSN
     S: 250 SMTPUTF8
 """
 
@@ -150,6 +151,7 @@ def test_auth_is_an_unknown_command_when_no_mechanism_is_configured():
         S: 250-SIZE 10240000
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: AUTH PLAIN {b64(chr(0) + "alice" + chr(0) + PASSWORD)}
         S: 500 5.5.2 Error: command not recognized
@@ -251,6 +253,7 @@ def test_auth_before_starttls_is_refused_without_checking_credentials():
         S: 250-SIZE 10240000
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: AUTH PLAIN {b64(chr(0) + "alice" + chr(0) + PASSWORD)}
         S: 530 5.7.0 Must issue a STARTTLS command first
@@ -368,6 +371,7 @@ def test_failure_limit_closes_the_session():
         S: {AUTH_LINE}
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: AUTH PLAIN {b64(chr(0) + "alice" + chr(0) + "guess1")}
         S: 535 5.7.8 Error: authentication failed: authentication failure

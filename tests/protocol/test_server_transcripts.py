@@ -32,6 +32,7 @@ S: 250-SIZE 10240000
 S: 250-STARTTLS
 S: 250-ENHANCEDSTATUSCODES
 S: 250-8BITMIME
+S: 250-DSN
 S: 250 SMTPUTF8
 """
 
@@ -104,6 +105,7 @@ def test_second_ehlo_resets_the_transaction():
         S: 250-STARTTLS
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: RCPT TO:<b@example.com>
         S: 503 5.5.1 Error: need MAIL command
@@ -131,6 +133,7 @@ def test_sequence_errors():
         S: 250-STARTTLS
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: DATA
         S: 503 5.5.1 Error: need RCPT command
@@ -334,7 +337,7 @@ def test_capabilities_follow_the_settings():
     shell = FakeShell(settings(max_message_size=0, starttls_available=False, extra_capabilities=("AUTH PLAIN LOGIN",)))
     assert shell.send(b"EHLO c\r\n") == (
         b"250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE\r\n250-AUTH PLAIN LOGIN\r\n"
-        b"250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+        b"250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 SMTPUTF8\r\n"
     )
 
 
@@ -360,6 +363,7 @@ def test_starttls_resets_the_session():
         S: 250-SIZE 10240000
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: STARTTLS
         S: 554 5.5.1 Error: TLS already active
@@ -410,6 +414,7 @@ def test_tls_required_refuses_mail_before_starttls():
         S: 250-STARTTLS
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: MAIL FROM:<a@example.org>
         S: 530 5.7.0 Must issue a STARTTLS command first
@@ -437,6 +442,7 @@ def test_tls_required_refuses_mail_before_starttls():
         S: 250-SIZE 10240000
         S: 250-ENHANCEDSTATUSCODES
         S: 250-8BITMIME
+        S: 250-DSN
         S: 250 SMTPUTF8
         C: MAIL FROM:<a@example.org>
         S: 250 2.1.0 Ok

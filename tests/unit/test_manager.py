@@ -78,6 +78,7 @@ class FakeTransport:
         self.deliveries: list[tuple[int, Message]] = []  # (session number, message)
         self.sessions = 0
         self.gate: asyncio.Event | None = None  # when set, deliveries wait for it
+        self.dsn = False  # whether the fake next hop offers DSN
 
     def session_key(self, nexthop: str, sender: str):
         return nexthop
@@ -102,7 +103,8 @@ class FakeSession:
         self.uses += 1
         self.transport.deliveries.append((self.number, message))
         outcomes = tuple(self.transport.script.get(r.address, sent()) for r in message.recipients)
-        return DeliveryReport(outcomes, relay="relay.example.net[192.0.2.1]:25", conn_use=self.uses)
+        return DeliveryReport(outcomes, relay="relay.example.net[192.0.2.1]:25", conn_use=self.uses,
+                              dsn_passed=self.transport.dsn)
 
     async def close(self) -> None:
         pass
@@ -530,3 +532,30 @@ async def test_a_connection_the_next_hop_forgot_defers_instead_of_staying_active
     await h.stop()
     forgetter.cancel()
     listener.close()
+
+
+@run_async
+async def test_notify_success_gets_a_relayed_notice_unless_the_next_hop_speaks_dsn(harness) -> None:
+    h = harness()
+    h.start()
+    envelope = Envelope("alice@example.org", (Recipient("bob@example.net", notify=("SUCCESS",)),
+                                              Recipient("carol@example.net")), arrival=h.clock.now)
+    queue_id = await h.store.submit(envelope, BODY)
+    h.manager.wake()
+    await h.until(lambda: h.store.count() == 0 and h.smtp.for_address("alice@example.org"), "the notice")
+    [notice] = h.smtp.for_address("alice@example.org")
+    assert notice.envelope.sender == ""  # notices come from the null sender (RFC 3461 §6.2)
+    text = notice.body.decode()
+    assert "report-type=delivery-status" in text
+    assert "Final-Recipient: rfc822; bob@example.net" in text and "Action: relayed" in text
+    assert "carol@example.net" not in text.split("message/delivery-status", 1)[1].split("text/rfc822-headers")[0]
+    assert h.maillog.grep(f"{queue_id}: sender delivery status notification:")
+    # A next hop that offers DSN got NOTIFY along: it reports, we do not.
+    h.smtp.dsn = True
+    before = len(h.smtp.deliveries)
+    await h.store.submit(envelope, BODY)
+    h.manager.wake()
+    await h.until(lambda: h.store.count() == 0 and len(h.smtp.deliveries) > before, "the delivery")
+    await h.settle()
+    assert len(h.smtp.for_address("alice@example.org")) == 1
+    await h.stop()

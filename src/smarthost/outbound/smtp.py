@@ -362,7 +362,8 @@ class SmtpSession:
         conn = self.conn
         reusable = conn is not None and conn.state is State.READY
         return DeliveryReport(tuple(outcomes), relay=self.relay, setup_time=setup_time,
-                              transfer_time=clock() - begin, conn_use=self.uses, reusable=reusable)
+                              transfer_time=clock() - begin, conn_use=self.uses, reusable=reusable,
+                              dsn_passed=conn is not None and "DSN" in conn.capabilities)
 
     async def close(self) -> None:
         """QUIT when the connection is idle, then close it."""

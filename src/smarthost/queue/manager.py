@@ -62,7 +62,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from smarthost.queue.bounce import Failure, make_bounce
+from smarthost.queue.bounce import Failure, make_bounce, make_success_notice
 from smarthost.queue.ids import new_queue_id
 from smarthost.queue.schedule import RetryParams, next_attempt
 from smarthost.queue.store import (
@@ -120,6 +120,7 @@ class DeliveryReport:
     setup_time: float = 0.0  # delays=a/b/c/d: c (connection set-up, 0 when reused)
     transfer_time: float = 0.0  # d (the transaction)
     conn_use: int = 1  # how many deliveries this connection has carried, this one included
+    dsn_passed: bool = False  # the next hop offered DSN: NOTIFY went along, it reports from now on
     reusable: bool = True  # the session may take another message
     setup_failure: Outcome | None = None
     forwards: tuple[Forward, ...] = ()
@@ -275,6 +276,7 @@ class _Active:
     pending: int = 0  # jobs not finished
     results: dict[int, Outcome] = field(default_factory=dict)  # by recipient index, this attempt
     relays: dict[int, str] = field(default_factory=dict)
+    dsn_passed: set[int] = field(default_factory=set)  # recipients whose DSN request went onward
     forwards: list[Forward] = field(default_factory=list)
 
 
@@ -706,6 +708,8 @@ class QueueManager:
             outcomes = (Outcome.deferred("4.3.0", "internal error in the delivery agent"),) * len(job.message.recipients)
         for rcpt, index, outcome in zip(job.message.recipients, job.indices, outcomes):
             self._record(active, index, outcome, report.relay)
+            if report.dsn_passed:
+                active.dsn_passed.add(index)
             self._log_recipient(active, rcpt, report, outcome, started)
         active.forwards.extend(report.forwards)
         active.pending -= 1
@@ -745,6 +749,7 @@ class QueueManager:
         bounced = sorted(i for i, o in results.items() if o.status is Status.BOUNCED)
         if bounced:
             await self._notify_failure(active, bounced, results, now)
+        await self._notify_success(active, results, now)
         for forward in active.forwards:
             new_id = await self.store.submit(
                 Envelope(env.sender, tuple(Recipient(a) for a in forward.recipients), protocol="local"), forward.body
@@ -792,6 +797,39 @@ class QueueManager:
         envelope = Envelope(sender, (Recipient(notice.recipient),), protocol="local", arrival=now)
         await self.store.submit(envelope, notice.message, queue_id=notice_id)
         self.maillog.log(f"{entry.id}: {label} non-delivery notification: {notice_id}")
+
+    async def _notify_success(self, active: _Active, results: dict[int, Outcome], now: float) -> None:
+        """RFC 3461 §4.1 NOTIFY=SUCCESS: tell the sender what was delivered here (action
+        ``delivered``) or handed to a next hop that does not speak DSN (``relayed``); a next hop
+        that offered DSN got the request along and reports itself."""
+        entry = active.entry
+        env = entry.envelope
+        assert env is not None
+        if not env.sender:
+            return
+        done = []
+        for i, outcome in sorted(results.items()):
+            notify = env.recipients[i].notify or ()
+            if outcome.status is not Status.SENT or "SUCCESS" not in notify or i in active.dsn_passed:
+                continue
+            relay = active.relays.get(i, "none")
+            action = "delivered" if relay in ("local", "none") else "relayed"
+            remote = relay.partition("[")[0] if "[" in relay else None
+            done.append(Failure(env.recipients[i].address, outcome.enhanced, outcome.text, remote, action=action))
+        if not done:
+            return
+        settings = self.settings
+        notice_id = new_queue_id()
+        notice = make_success_notice(
+            env, active.body, done, queue_id=entry.id, reporting_mta=settings.myhostname, now=now,
+            message_id=f"{notice_id}@{settings.myhostname}", arrival=entry.arrival,
+            bounce_size_limit=settings.bounce_size_limit,
+        )
+        if notice is None:
+            return
+        envelope = Envelope("", (Recipient(notice.recipient),), protocol="local", arrival=now)
+        await self.store.submit(envelope, notice.message, queue_id=notice_id)
+        self.maillog.log(f"{entry.id}: sender delivery status notification: {notice_id}")
 
     async def _save_unfinished(self) -> None:
         """At stop: outcomes already known for messages still active are stored (the entry

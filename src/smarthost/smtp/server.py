@@ -45,8 +45,8 @@ Choices made here:
   the client send the rest later, and a long list must not end the session.
 * Addresses with bad syntax get ``501 5.1.7`` (sender) / ``501 5.1.3``
   (recipient), the RFC 3463 codes for exactly that.
-* DSN parameters (NOTIFY, ORCPT, RET, ENVID) are parsed and kept, but DSN is
-  not advertised until the queue can honour them.
+* DSN (RFC 3461) is advertised: NOTIFY, ORCPT, RET and ENVID are parsed and kept,
+  and the queue manager honours them (failure, success notices; passed onward).
 * QUIT, NOOP and HELP accept and ignore arguments; RSET, DATA and STARTTLS
   with arguments get ``501``.
 
@@ -515,7 +515,7 @@ class ServerConnection:
             if settings.broken_sasl_auth_clients:
                 caps.append(f"AUTH={mechanisms}")  # what clients from before RFC 2554 look for
         caps.extend(settings.extra_capabilities)
-        caps += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]  # RFC 2034, 6152, 6531
+        caps += ["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8"]  # RFC 2034, 6152, 3461, 6531
         return caps
 
     # Input --------------------------------------------------------------------
