@@ -493,6 +493,7 @@ class Master:
                 return 0
 
     def _reload(self) -> None:
+        self.maillog.reopen()  # after log rotation, the new generation writes to the new file
         self.maillog.log("reload -- configuration " + str(self.config_dir))
         try:
             runtime = self.prepare()

@@ -104,12 +104,6 @@ class Listener:
     dovecot: DovecotRelay | None = None  # dovecot: the exchange is relayed
 
 
-@dataclass(slots=True)
-class _Stats:
-    connections: int = 0
-    messages: int = 0
-
-
 class Worker:
     """The SMTP side of one worker process: sessions, shared counters, shutdown."""
 
@@ -121,7 +115,6 @@ class Worker:
         self.counts = counts  # connections per client, across all workers
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.base_events.Server] = []
-        self.stats = _Stats()
         self._wake_scheduled = False
         self._sweeper: asyncio.Task | None = None
         self._idle = asyncio.Event()
@@ -153,7 +146,6 @@ class Worker:
     def opened(self, session: Session) -> None:
         self.sessions.add(session)
         self._idle.clear()
-        self.stats.connections += 1
 
     def closed(self, session: Session) -> None:
         self.sessions.discard(session)
@@ -595,7 +587,6 @@ class Session(asyncio.Protocol):
             self.maillog.warning(f"{queue_id}: queue file write error: {error.__class__.__name__}: {error}")
             conn.reject(TEMP_FAIL)
         else:
-            self.worker.stats.messages += 1
             if self.facts.sasl_username:
                 self.maillog.log(f"{queue_id}: client={self.label}, sasl_method={self.sasl_method},"
                                  f" sasl_username={self.facts.sasl_username}")
