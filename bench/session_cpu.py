@@ -63,7 +63,9 @@ async def run(directory: Path, sessions: int) -> float:
     (directory / "master.cf").write_text("127.0.0.1:2999 inet n - n - - smtpd\n")
     listener = build_runtime(load(directory)).bindings[0][0]
     store = QueueStore(directory / "queue", synchronous=False)
-    worker = Worker(store, MailLog(str(directory / "maillog")), asyncio.get_running_loop(), ClientCounts().bind(0))
+    maillog = MailLog(str(directory / "maillog"))
+    maillog.attach(asyncio.get_running_loop())  # as in a worker: one write per loop iteration
+    worker = Worker(store, maillog, asyncio.get_running_loop(), ClientCounts().bind(0))
     cpu = 0.0
     try:
         for _ in range(sessions):

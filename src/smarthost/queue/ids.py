@@ -23,6 +23,7 @@ queue's primary key refuses a duplicate rather than overwrite a message.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -56,6 +57,8 @@ def _reset_after_fork() -> None:
 
 _reset_after_fork()
 os.register_at_fork(after_in_child=_reset_after_fork)
+_SEQ_TEXT = [_encode(n, _SEQ_CHARS) for n in range(_SEQ_LIMIT)]  # the per-microsecond counter's text
+_ID_SHAPE = re.compile(f"[{ALPHABET}]+")
 
 
 def new_queue_id() -> str:
@@ -70,12 +73,12 @@ def new_queue_id() -> str:
             if _seq == _SEQ_LIMIT:
                 _last_us, _seq = _last_us + 1, 0
         stamp, seq = _last_us, _seq
-    return _encode(stamp, _TIME_CHARS) + _pid_part + _encode(seq, _SEQ_CHARS)
+    return _encode(stamp, _TIME_CHARS) + _pid_part + _SEQ_TEXT[seq]
 
 
 def is_queue_id(text: str) -> bool:
     """True if ``text`` has the shape of a queue id (length and alphabet)."""
-    return len(text) == ID_LENGTH and all(c in ALPHABET for c in text)
+    return len(text) == ID_LENGTH and _ID_SHAPE.fullmatch(text) is not None
 
 
 def queue_id_time(queue_id: str) -> float:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+_CHECKED: set[tuple[int, str]] = set()  # (code, enhanced) pairs already found valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +27,12 @@ class Reply:
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
             raise ValueError(f"reply code out of range: {self.code}")
-        if self.enhanced is not None:
+        if self.enhanced is not None and (self.code, self.enhanced) not in _CHECKED:
             # RFC 3463 §2: the class digit matches the reply's first digit.
             if not _ENHANCED.fullmatch(self.enhanced) or self.enhanced[0] != str(self.code)[0]:
                 raise ValueError(f"bad enhanced status code {self.enhanced!r} for {self.code}")
+            if len(_CHECKED) < 1024:  # the same few pairs come back all the time: check once
+                _CHECKED.add((self.code, self.enhanced))
         for line in self.lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")

@@ -338,7 +338,13 @@ class ServerConnection:
             self._close(replies.SYNCHRONIZATION, "pre-greeting input")
             return
         self.state = State.AWAIT_HELO
-        self._send(Reply(220, None, self.settings.banner))
+        banner = self.settings.banner
+        reply = _GREETINGS.get(banner)
+        if reply is None:
+            if len(_GREETINGS) >= 64:
+                _GREETINGS.clear()
+            reply = _GREETINGS[banner] = Reply(220, None, banner)
+        self._send(reply)
 
     def refuse(self, reply: Reply) -> None:
         """Answer the connection with ``reply`` (421/554) instead of a greeting, and close."""
@@ -869,11 +875,21 @@ class ServerConnection:
         self.session.recipients = []
 
     def _ehlo_reply(self) -> Reply:
-        return Reply(250, None, (self.settings.hostname, *self.capabilities()))
+        lines = (self.settings.hostname, *self.capabilities())
+        reply = _EHLO_REPLIES.get(lines)
+        if reply is None:  # a handful of variants per configuration (TLS or not, AUTH or not)
+            if len(_EHLO_REPLIES) >= 64:
+                _EHLO_REPLIES.clear()
+            reply = _EHLO_REPLIES[lines] = Reply(250, None, lines)
+        return reply
 
     def _expect_state(self, state: State) -> None:
         if self.state is not state:
             raise RuntimeError(f"not allowed in state {self.state.value}")
+
+
+_EHLO_REPLIES: dict[tuple[str, ...], Reply] = {}  # built once per set of capabilities
+_GREETINGS: dict[str, Reply] = {}  # per banner
 
 
 def _not_implemented(verb: str) -> Callable[[ServerConnection, str], None]:
