@@ -1,12 +1,29 @@
-"""``smarthost mailq``: list the queue, Postfix's ``mailq`` / ``postqueue -p`` format.
+"""``smarthost mailq``: list the queue in Postfix's ``mailq`` / ``postqueue -p`` layout.
+
+::
+
+    -Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------
+    8Dsg87vrA01jB00*     312 Thu Dec  3 16:03:10  alice@example.org
+                                             bob@example.net
+
+    8Dsg87vrA01jC00      312 Thu Dec  3 16:03:11  alice@example.org
+    (connect to mx.example.net[192.0.2.7]:25: Connection refused)
+                                             carol@example.net
+
+    -- 1 Kbytes in 2 Requests.
 
 One block per message: the queue id (``*`` after it while active, ``!`` while on hold), size,
-arrival time and sender, then the recipients. Ends with a summary line, or says the queue is
-empty. The store is read directly; no daemon needs to run.
+arrival time and sender (``MAILER-DAEMON`` for ``<>``), then the recipients still pending —
+those already sent or bounced are left out. Deferred recipients are listed under the reason
+of their last attempt, in parentheses on its own line. A corrupt entry is listed with
+``(corrupt queue entry: ...)`` instead of being skipped. Ends with the ``-- N Kbytes in M
+Requests.`` summary, or ``Mail queue is empty``. The store is read directly; no daemon needs
+to run.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -14,6 +31,7 @@ from pathlib import Path
 from smarthost.config import ConfigError, load
 
 _MARK = {"active": "*", "hold": "!"}
+_RCPT_INDENT = " " * 41  # recipients line up under the header's Sender/Recipient column
 
 
 def register(sub) -> None:
@@ -21,8 +39,55 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_mailq)
 
 
+def _reason(reply: str | None) -> str:
+    """The text of a stored outcome, ``deferred (TEXT)`` -> ``TEXT``."""
+    text = (reply or "").strip()
+    status, sep, rest = text.partition(" (")
+    if sep and rest.endswith(")") and status in ("deferred", "sent", "bounced"):
+        return rest[:-1]
+    return text or "deferred"
+
+
+def format_queue(entries: list, statuses: dict[str, list[tuple[str, str | None, str | None]]]) -> list[str]:
+    """The listing's lines; ``statuses`` maps queue id to ``(address, status, reply)`` per
+    recipient (:meth:`QueueStore.recipient_statuses`)."""
+    if not entries:
+        return ["Mail queue is empty"]
+    lines = ["-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"]
+    total = 0
+    for e in entries:
+        total += e.size
+        state = str(e.state)
+        when = time.strftime("%a %b %e %H:%M:%S", time.localtime(e.arrival))
+        if e.envelope is None:
+            sender = "(sender unknown)"
+        else:
+            sender = e.envelope.sender or "MAILER-DAEMON"
+        lines.append(f"{e.id:<10}{_MARK.get(state, ' ')} {e.size:>8} {when:<20}  {sender}")
+        if state == "corrupt":
+            lines.append("(corrupt queue entry: unreadable; not delivered)")
+        pending: list[str] = []
+        by_reason: dict[str, list[str]] = {}
+        for address, status, reply in statuses.get(e.id, []):
+            if status in ("sent", "bounced"):
+                continue
+            if status == "deferred":
+                by_reason.setdefault(_reason(reply), []).append(address)
+            else:
+                pending.append(address)
+        lines.extend(_RCPT_INDENT + a for a in pending)
+        for reason, addresses in by_reason.items():
+            lines.append(f"({reason})")
+            lines.extend(_RCPT_INDENT + a for a in addresses)
+        lines.append("")
+    kb = (total + 1023) // 1024
+    n = len(entries)
+    lines.append(f"-- {kb} Kbytes in {n} Request{'s' if n != 1 else ''}.")
+    return lines
+
+
 def cmd_mailq(args) -> int:
-    from smarthost.queue import QueueStore
+    from smarthost.queue import QueueError, QueueStore
 
     try:
         cfg = load(Path(args.config_dir))
@@ -33,26 +98,15 @@ def cmd_mailq(args) -> int:
     if not (queue_dir / "queue.db").exists():
         print("Mail queue is empty")
         return 0
-    store = QueueStore(queue_dir)
     try:
-        entries = store.list()
-    finally:
-        store.close()
-    if not entries:
-        print("Mail queue is empty")
-        return 0
-    print("-Queue ID-      --Size-- ----Arrival Time---- -Sender/Recipient-------")
-    total = 0
-    for e in entries:
-        total += e.size
-        when = time.strftime("%a %b %d %H:%M:%S", time.localtime(e.arrival))
-        mark = _MARK.get(str(e.state), " ")
-        print(f"{e.id}{mark:<1} {e.size:>8} {when}  {e.envelope.sender or 'MAILER-DAEMON'}")
-        if str(e.state) == "corrupt":
-            print(f"{'':>46}(corrupt: unreadable entry)")
-        for r in e.envelope.recipients:
-            print(f"{'':>46}{r.address}")
-        print()
-    kb = (total + 1023) // 1024
-    print(f"-- {kb} Kbytes in {len(entries)} Request{'s' if len(entries) != 1 else ''}.")
+        store = QueueStore(queue_dir)
+        try:
+            entries = store.list()
+            statuses = {e.id: store.recipient_statuses(e.id) for e in entries}
+        finally:
+            store.close()
+    except (QueueError, OSError, sqlite3.Error) as exc:
+        print(f"smarthost: fatal: cannot read the queue in {queue_dir}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(format_queue(entries, statuses)))
     return 0
