@@ -475,3 +475,36 @@ def test_remove_orphan_bodies_keeps_referenced_and_young_files(store, queue_dir)
     assert store.remove_orphan_bodies() == 1
     assert body_files(queue_dir) == sorted([kept, "young"])
     assert store.read_body(kept) == LARGE
+
+
+def test_a_writer_lock_held_forever_fails_the_batch_after_busy_timeout(queue_dir: Path) -> None:
+    # A hung tool (another process) holding the writers' flock: the commit must give up after
+    # busy_timeout with QueueError (the shell's 451), not block every session forever.
+    import fcntl
+
+    with QueueStore(queue_dir, busy_timeout=0.5) as store:
+        holder = os.open(queue_dir / "queue.lock", os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            outcome: list[object] = []
+            worker = threading.Thread(target=lambda: outcome.append(_attempt(store)), daemon=True)
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive(), "the commit is still waiting for the lock"
+            assert isinstance(outcome[0], QueueError) and "queue lock" in str(outcome[0])
+            assert store.stats.failed_commits == 1
+            with pytest.raises(QueueError, match="queue lock"):
+                store.move(new_queue_id(), QueueState.HOLD)  # the management side gives up too
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
+        queue_id = store.submit_sync(ENVELOPE, SMALL)  # released: the next batch commits
+        assert store.read_body(queue_id) == SMALL
+        assert store.count() == 1
+
+
+def _attempt(store: QueueStore) -> object:
+    try:
+        return store.submit_sync(ENVELOPE, SMALL)
+    except QueueError as exc:
+        return exc

@@ -21,8 +21,9 @@ per batch before the transaction that references the files. Smaller bodies
 live in the ``bodies`` table, apart from the ``messages`` rows that the queue
 manager updates often (an UPDATE rewrites the whole row, body included).
 
-Several processes may open the same queue; writers take the database lock with
-``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for it. A store must not be
+Several processes may open the same queue; writers take ``queue.lock`` (flock) and
+then the database lock with ``BEGIN IMMEDIATE``, and wait up to ``busy_timeout`` for
+each; a batch that does not get them in time fails with QueueError (451). A store must not be
 used across ``fork()``: open it in the process that uses it.
 
 docs/queue.md describes the schema and the durability argument.
@@ -243,6 +244,32 @@ def _make_private_directory(path: Path) -> None:
     _fsync_directory(path.parent)
 
 
+def _lock_within(fd: int, timeout: float, path: Path) -> None:
+    """Take the writers' ``flock`` on ``fd``, giving up after ``timeout`` seconds.
+
+    A free lock costs one non-blocking try. A held one is polled with sleeps growing from
+    0.05 ms to 1 ms (a commit holds it for a fraction of a millisecond, so the usual wait stays
+    short; flock itself cannot time out), and a holder that never lets go (a hung tool) fails
+    the caller with QueueError after ``timeout`` instead of blocking every session behind it.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    deadline = time.monotonic() + timeout
+    delay = 0.00005
+    while True:
+        time.sleep(delay)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise QueueError(f"queue lock {path} not obtained within {timeout:g}s") from None
+        delay = min(delay * 2, 0.001)
+
+
 def _failure(cause: BaseException) -> QueueError:
     error = QueueError(f"queue commit failed: {cause}")
     error.__cause__ = cause
@@ -299,7 +326,7 @@ class QueueStore:
         self._conn = self._connect()  # reads and management, under _conn_lock
         self._conn_lock = threading.Lock()
         self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        # Writers queue up on this lock (a kernel wait, woken at once) instead of polling SQLite's
+        # Writers queue up on this lock (polled from 0.05 ms, _lock_within) instead of polling SQLite's
         # write lock with its busy handler, which sleeps 1 ms and more between tries: with several
         # worker processes that sleep was most of a message's latency. One descriptor per
         # connection, so the committer and the management connection exclude each other too.
@@ -546,7 +573,7 @@ class QueueStore:
         if self._synchronous and any(item.body_file is not None for item in batch):
             os.fsync(self._bodies_fd)  # body files' directory entries before the rows
         conn = self._writer
-        fcntl.flock(self._writer_lock_fd, fcntl.LOCK_EX)
+        _lock_within(self._writer_lock_fd, self._busy_timeout, self.directory / LOCK_NAME)
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT_MESSAGE, [item.message_row for item in batch])
@@ -596,7 +623,7 @@ class QueueStore:
         with self._conn_lock:
             conn = self._conn
             if writing:
-                fcntl.flock(self._conn_lock_fd, fcntl.LOCK_EX)
+                _lock_within(self._conn_lock_fd, self._busy_timeout, self.directory / LOCK_NAME)
             try:
                 conn.execute(begin)
                 try:
