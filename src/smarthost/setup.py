@@ -12,7 +12,12 @@ database with ``sasl/smtpd.conf`` (``pwcheck_method: auxprop``, or ``saslauthd``
 ``postmap``) over TLS that is required (``encrypt``) or verified against a CA (``verify``).
 
 Both refuse to write over an existing ``main.cf`` or ``master.cf`` unless ``force`` is given;
-files are written whole (temporary file + rename), secrets mode 0600 from the start. The
+files are written whole (temporary file + rename), secrets mode 0600 from the start. The server's
+``tls/key.pem`` and ``tls/cert.pem`` are never replaced without ``force``, and even then a pair
+that still fits (the key matches, the host name and the SANs asked for are in it, it is valid for
+more than 30 days and, for a CA's certificate, that CA issued it) is kept, so satellites that
+pinned it go on working; a new one is made only when asked (``new_cert``) or when the old one does
+not fit, and :attr:`SetupResult.notes` says which happened. The
 results name the files written and the next steps for the admin. Passwords never appear in
 reprs, errors or the files other than ``sasl_passwd`` (the user database stores hashes).
 """
@@ -103,11 +108,17 @@ class ClientAnswers:
     local_state: bool = False
 
 
+#: A certificate kept by setup must stay valid at least this long.
+KEEP_CERT_MIN_DAYS = 30
+
+
 @dataclass
 class SetupResult:
     directory: Path
     written: list[Path]
     next_steps: list[str]
+    #: What the admin must know about the run, e.g. that the existing certificate was kept or replaced.
+    notes: list[str] = field(default_factory=list)
 
 
 # --- writing files ---------------------------------------------------------------------------
@@ -181,8 +192,28 @@ def _mail_owner(answers: ServerAnswers) -> tuple[int, int, str | None]:
     return entry.pw_uid, entry.pw_gid, None
 
 
-def _server_certificate(directory: Path, answers: ServerAnswers, force: bool) -> tuple[Path, Path, Path | None]:
-    """(cert file, key file, CA file for clients or None), making them as asked."""
+def _unfit(cert: Path, key: Path, answers: ServerAnswers) -> str | None:
+    """Why the existing ``cert``/``key`` pair cannot serve ``answers`` (None: it fits)."""
+    source = answers.certificate
+    try:
+        chain = certs.load_certificates(cert)
+        if not certs.key_matches(chain[0].public_key(), certs.load_private_key(key)):
+            return f"{key} is not the key of {cert}"
+        anchors = certs.load_certificates(source.ca_cert) if source.kind == "ca" and source.ca_cert else [chain[0]]
+        for name in (answers.hostname, *source.sans):
+            certs.verify(chain, anchors, name, ca_name=str(source.ca_cert) if source.kind == "ca" else str(cert))
+    except CertError as e:
+        return str(e)
+    days = certs.describe(chain[0]).days_left()
+    if days < KEEP_CERT_MIN_DAYS:
+        return f"it expires in {days} days"
+    return None
+
+
+def _server_certificate(directory: Path, answers: ServerAnswers, force: bool, new_cert: bool,
+                        notes: list[str]) -> tuple[Path, Path, Path | None]:
+    """(cert file, key file, CA file for clients or None), making them as asked. An existing pair
+    in DIR/tls is kept when it fits (see the module docstring); ``notes`` gets what happened."""
     source = answers.certificate
     tls = directory / "tls"
     cert, key = tls / "cert.pem", tls / "key.pem"
@@ -196,22 +227,39 @@ def _server_certificate(directory: Path, answers: ServerAnswers, force: bool) ->
             if not certs.key_matches(leaf.public_key(), certs.load_private_key(key_path)):
                 raise SetupError(f"{key_path} is not the key of {cert_path}; check --cert and --key")
             return cert_path, key_path, None
+        if source.kind not in ("selfsigned", "ca"):
+            raise SetupError(f"unknown certificate source {source.kind!r}")
+        if source.kind == "ca" and (source.ca_cert is None or source.ca_key is None):
+            raise SetupError("a certificate from your CA needs both --ca-cert and --ca-key")
+        existing = [p for p in (cert, key) if os.path.lexists(p)]
+        if existing and not force and not new_cert:
+            raise SetupError(f"{existing[0]} exists; use --force to keep the certificate if it still fits, "
+                             "or --new-cert to replace it")
+        ca_copy = tls / "ca.pem" if source.kind == "ca" else cert
+        if existing and not new_cert:
+            why = _unfit(cert, key, answers) if len(existing) == 2 else f"{existing[0]} has no partner"
+            if why is None:
+                if source.kind == "ca":
+                    shutil.copyfile(source.ca_cert, ca_copy)
+                notes.append(f"Kept the existing certificate {cert} and key {key}: they still fit "
+                             f"{answers.hostname} (make a new pair with --new-cert)")
+                return cert, key, ca_copy
+            notes.append(f"WARNING: the existing certificate {cert} does not fit ({why}); made a NEW key and "
+                         f"certificate. Clients that trusted the old one must get {ca_copy} again.")
+        elif existing:
+            notes.append(f"Replaced the certificate {cert} and key {key} (--new-cert). "
+                         f"Clients that trusted the old one must get {ca_copy} again.")
         tls.mkdir(mode=0o700, exist_ok=True)
         if source.kind == "selfsigned":
             certs.selfsigned(answers.hostname, sans, cert, key, force=True)
             return cert, key, cert
-        if source.kind == "ca":
-            if source.ca_cert is None or source.ca_key is None:
-                raise SetupError("a certificate from your CA needs both --ca-cert and --ca-key")
-            csr = tls / "request.csr"
-            certs.request(answers.hostname, sans, key, csr, force=True)
-            certs.sign(source.ca_cert, source.ca_key, csr, cert, force=True)
-            ca_copy = tls / "ca.pem"
-            shutil.copyfile(source.ca_cert, ca_copy)
-            return cert, key, ca_copy
+        csr = tls / "request.csr"
+        certs.request(answers.hostname, sans, key, csr, force=True)
+        certs.sign(source.ca_cert, source.ca_key, csr, cert, force=True)
+        shutil.copyfile(source.ca_cert, ca_copy)
+        return cert, key, ca_copy
     except CertError as e:
         raise SetupError(str(e)) from None
-    raise SetupError(f"unknown certificate source {source.kind!r}")
 
 
 def _user_address(login: str, domains: Sequence[str]) -> str:
@@ -332,8 +380,10 @@ def _authd_socket_dir(directory: Path, answers: ServerAnswers) -> str:
     return f"{directory}/run" if answers.local_state else DEFAULT_AUTHD_SOCKET_DIR
 
 
-def setup_server(directory: Path, answers: ServerAnswers, *, force: bool = False) -> SetupResult:
-    """Write the smarthost's configuration into ``directory``; raises SetupError."""
+def setup_server(directory: Path, answers: ServerAnswers, *, force: bool = False,
+                 new_cert: bool = False) -> SetupResult:
+    """Write the smarthost's configuration into ``directory``; raises SetupError. ``new_cert``:
+    replace an existing certificate and key even when they still fit."""
     directory = Path(directory).resolve()
     if not answers.domains:
         raise SetupError("name at least one mail domain (--domain example.com)")
@@ -341,7 +391,8 @@ def setup_server(directory: Path, answers: ServerAnswers, *, force: bool = False
         raise SetupError(f"unknown password check {answers.pwcheck!r}")
     _prepare(directory, force)
     uid, gid, missing_owner = _mail_owner(answers)
-    cert, key, ca_for_clients = _server_certificate(directory, answers, force)
+    notes: list[str] = []
+    cert, key, ca_for_clients = _server_certificate(directory, answers, force, new_cert, notes)
     written = [cert, key]
     (directory / "sasl").mkdir(exist_ok=True)
     written.append(_write(directory / "sasl" / "smtpd.conf", sasl_conf(directory, answers)))
@@ -375,7 +426,8 @@ def setup_server(directory: Path, answers: ServerAnswers, *, force: bool = False
             (directory / "run").mkdir(mode=0o755, exist_ok=True)
     written.append(_write(directory / "master.cf", server_master_cf(answers.ports)))
     written.append(_write(directory / "main.cf", server_main_cf(directory, answers, cert, key, (uid, gid))))
-    return SetupResult(directory, written, _server_steps(directory, answers, ca_for_clients, missing_owner, uid))
+    return SetupResult(directory, written, _server_steps(directory, answers, ca_for_clients, missing_owner, uid),
+                       notes)
 
 
 def _server_steps(directory: Path, a: ServerAnswers, ca_file: Path | None, missing_owner: str | None,

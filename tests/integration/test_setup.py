@@ -283,3 +283,53 @@ def test_satellite_relays_through_the_smarthost_into_a_maildir(shared_dir, monke
         time.sleep(0.1)
     (message,) = maildir.iterdir()
     assert message.read_bytes().endswith(b"Subject: e2e\n\nthrough the smarthost\n")
+
+
+def test_an_existing_key_is_never_replaced_without_force(tmp_path, monkeypatch, capsys):
+    d = tmp_path / "server"
+    (d / "tls").mkdir(parents=True)
+    certs.selfsigned(HOST, ["127.0.0.1"], d / "tls" / "cert.pem", d / "tls" / "key.pem")
+    key = (d / "tls" / "key.pem").read_bytes()
+    status, _, err, _ = setup_server(monkeypatch, capsys, d)
+    assert status == 1 and f"{d}/tls/cert.pem exists; use --force" in err
+    assert (d / "tls" / "key.pem").read_bytes() == key and not (d / "main.cf").exists()
+
+
+def test_rerunning_with_force_keeps_a_certificate_that_still_fits(tmp_path, monkeypatch, capsys):
+    d = tmp_path / "server"
+    assert setup_server(monkeypatch, capsys, d)[0] == 0
+    cert, key = (d / "tls" / "cert.pem").read_bytes(), (d / "tls" / "key.pem").read_bytes()
+    status, out, err, _ = setup_server(monkeypatch, capsys, d, "--force")
+    assert status == 0, err
+    assert f"Kept the existing certificate {d}/tls/cert.pem" in out
+    assert (d / "tls" / "cert.pem").read_bytes() == cert and (d / "tls" / "key.pem").read_bytes() == key
+    # Asked for: a new pair, and a reminder that pinned copies are now stale.
+    status, out, err, _ = setup_server(monkeypatch, capsys, d, "--force", "--new-cert")
+    assert status == 0, err
+    assert "Replaced the certificate" in out and "must get" in out
+    assert (d / "tls" / "key.pem").read_bytes() != key
+    assert (d / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("why", ["other name", "expiring", "other CA"])
+def test_rerunning_with_force_replaces_a_certificate_that_does_not_fit_loudly(tmp_path, monkeypatch, capsys, why):
+    d = tmp_path / "server"
+    extra: list[str] = []
+    if why == "other CA":
+        ca_cert, ca_key = tmp_path / "ca.pem", tmp_path / "ca.key"
+        certs.ca_init("Example Mail CA", ca_cert, ca_key)
+        extra = ["--ca-cert", str(ca_cert), "--ca-key", str(ca_key)]
+    assert setup_server(monkeypatch, capsys, d)[0] == 0
+    if why == "expiring":
+        certs.selfsigned(HOST, ["127.0.0.1"], d / "tls" / "cert.pem", d / "tls" / "key.pem", days=10, force=True)
+    elif why == "other name":
+        extra = ["--san", "smtp.example.com"]
+    key = (d / "tls" / "key.pem").read_bytes()
+    status, out, err, _ = setup_server(monkeypatch, capsys, d, "--force", *extra)
+    assert status == 0, err
+    assert "WARNING: the existing certificate" in err and "made a NEW key and certificate" in err
+    reason = {"other name": "smtp.example.com is not a name", "expiring": "expires in", "other CA": "issued it"}[why]
+    assert reason in err
+    assert (d / "tls" / "key.pem").read_bytes() != key
+    chain = certs.load_certificates(d / "tls" / "cert.pem")
+    certs.verify(chain, certs.load_certificates(ca_cert if why == "other CA" else d / "tls" / "cert.pem"), HOST)

@@ -1,7 +1,7 @@
 """``smarthost [-c DIR] setup server|client``: write a complete configuration for one role of the recipe.
 
     setup server --hostname HOST --domain DOMAIN... [--user NAME...] [--network CIDR...]
-                 [--ca-cert FILE --ca-key FILE | --cert FILE --key FILE] [--san NAME...]
+                 [--ca-cert FILE --ca-key FILE | --cert FILE --key FILE] [--san NAME...] [--new-cert]
                  [--saslauthd [--saslauthd-socket-dir DIR]] [--listen ADDR] [--mail-owner USER]
                  [--port-offset N | --smtp-port N --submission-port N --smtps-port N]
                  [--local-state] [--force]
@@ -11,7 +11,9 @@
 The configuration goes to ``-c DIR``. What is not given on the command line is asked for when
 stdin is a terminal. Passwords are never taken from the command line: on a terminal they are
 asked for (twice), otherwise read from stdin, one line per ``--user`` in order (server) or one
-line (client). Without ``--force`` an existing main.cf or master.cf is left alone. After writing,
+line (client). Without ``--force`` an existing main.cf or master.cf is left alone, and so is an
+existing ``tls/cert.pem``/``key.pem``; with ``--force`` that pair is kept when it still fits the
+host name (a new one only with ``--new-cert``, or when it does not fit: said loudly). After writing,
 ``smarthost check`` runs on the new directory (when this installation has it) and the next steps
 are printed. Exit status: 0 written (and checked), 1 an error or a check that found errors.
 The work is done by :mod:`smarthost.setup`.
@@ -66,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path, metavar="FILE", help="the key of --cert")
     p.add_argument("--san", dest="sans", action="append", default=[], metavar="NAME",
                    help="another name or address for a certificate made now (repeatable)")
+    p.add_argument("--new-cert", action="store_true",
+                   help="replace DIR/tls/cert.pem and key.pem even if they still fit (satellites that pinned "
+                        "the old certificate need the new one)")
     p.add_argument("--saslauthd", action="store_true",
                    help="check passwords through smarthost authd (saslauthd protocol) instead of the user database")
     p.add_argument("--saslauthd-socket-dir", metavar="DIR", help="the auth daemon's socket directory")
@@ -170,7 +175,7 @@ def cmd_setup_server(args: argparse.Namespace) -> int:
             saslauthd_socket_dir=args.saslauthd_socket_dir, ports=_server_ports(args), listen=args.listen,
             local_state=args.local_state, mail_owner=args.mail_owner,
         )
-        result = setup_server(Path(args.config_dir), answers, force=args.force)
+        result = setup_server(Path(args.config_dir), answers, force=args.force, new_cert=args.new_cert)
     except (SetupError, OSError) as e:
         return _fail(e)
     return _finish(result)
@@ -219,6 +224,8 @@ def _finish(result: SetupResult) -> int:
     print(f"Wrote the configuration in {result.directory}:")
     for path in result.written:
         print(f"  {path}")
+    for note in result.notes:
+        print(note, file=sys.stderr if note.startswith("WARNING") else sys.stdout)
     status = run_check(result.directory)
     if status:
         print("smarthost check found errors (above); fix them before starting.", file=sys.stderr)
