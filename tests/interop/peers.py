@@ -467,3 +467,115 @@ class SmarthostInstance:
                     raise PeerError(f"queue id {queue_id} not in smarthost's queue\n{self.describe()}")
                 time.sleep(0.1)
         return entry
+
+
+# --- Cyrus SASL: the recipe's server side -----------------------------------------------
+
+
+def wait_for_unix_socket(path: Path, alive: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Wait until a unix stream socket at ``path`` accepts; PeerError if ``alive()`` turns
+    false first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise PeerError(f"the daemon exited before {path} accepted connections")
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise PeerError(f"{path} did not accept connections within {timeout:.0f}s")
+
+
+class CyrusSaslauthd:
+    """A real Cyrus ``saslauthd -a sasldb`` over a private sasldb holding ``users`` (password by
+    name) in ``realm``; its socket is ``socket_path`` (``DIR/run/mux``).
+
+    saslauthd ignores ``-O`` for sasldb and always opens /etc/sasldb2, so the private database is
+    bind-mounted over /etc/sasldb2 in a mount namespace of its own (``unshare -m``), invisible to
+    the rest of the machine. ``-d`` keeps it in the foreground as our child; ``stop()`` ends its
+    process group. Needs root and Debian's sasl2-bin.
+    """
+
+    def __init__(self, directory: Path, users: dict[str, str], realm: str, threads: int = 5) -> None:
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)
+        self.sasldb = directory / "sasldb2"
+        for user, password in users.items():
+            subprocess.run([peer_command("saslpasswd2") or "saslpasswd2", "-p", "-c", "-f", str(self.sasldb),
+                            "-u", realm, user], input=password, text=True, check=True)
+        sockdir = directory / "run"
+        sockdir.mkdir(mode=0o755)
+        self.socket_path = sockdir / "mux"
+        self.log = directory / "saslauthd.log"
+        saslauthd = f"{peer_command('saslauthd') or 'saslauthd'} -a sasldb -c -n {threads} -m {sockdir} -d"
+        self.argv = [peer_command("unshare") or "unshare", "-m", "--propagation", "private", "sh", "-c",
+                     f"mount --bind {self.sasldb} /etc/sasldb2 && exec {saslauthd}"]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if not Path("/etc/sasldb2").exists():
+            raise PeerError("/etc/sasldb2 missing (the private sasldb is bound over it): install sasl2-bin")
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                            start_new_session=True)
+        try:
+            wait_for_unix_socket(self.socket_path, lambda: self.process.poll() is None)
+        except PeerError as e:
+            self.stop()
+            raise PeerError(f"{' '.join(self.argv)}: {e}\n--- {self.log}:\n{tail(self.log)}") from None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> CyrusSaslauthd:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cyrus_recipe_server_cf(config_dir: Path, saslauthd: CyrusSaslauthd, realm: str, cert: Path,
+                           key: Path) -> dict[str, str]:
+    """main.cf settings that make a private Postfix the recipe's server: STARTTLS offered
+    (``cert``/``key``), AUTH only after TLS, Cyrus SASL with ``pwcheck_method: saslauthd`` and
+    ``mech_list: PLAIN LOGIN``, relaying only for authenticated clients (loopback is not in
+    ``mynetworks``).
+
+    Writes the Cyrus file ``config_dir/sasl/smtpd.conf``, found through
+    ``cyrus_sasl_config_path`` (without it Debian's libsasl2 reads /etc/postfix/sasl).
+    ``config_dir`` must be the instance's own configuration directory (``PostfixInstance.config_dir``):
+    Postfix 3.7 on Debian 12 did not read a ``sasl/`` directory elsewhere (it fell back to
+    auxprop and offered every mechanism). ``smtpd_sasl_local_domain = realm`` makes a login
+    ``alice`` the sasldb user ``alice@realm``.
+    """
+    directory = config_dir
+    sasl_dir = directory / "sasl"
+    sasl_dir.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    sasl_dir.chmod(0o755)
+    (sasl_dir / "smtpd.conf").write_text(
+        f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {saslauthd.socket_path}\n")
+    return {
+        "mynetworks": "192.0.2.0/24",
+        "smtpd_tls_cert_file": str(cert),
+        "smtpd_tls_key_file": str(key),
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_sasl_type": "cyrus",
+        "smtpd_sasl_path": "smtpd",
+        "smtpd_sasl_security_options": "noanonymous",
+        "smtpd_sasl_local_domain": realm,
+        "cyrus_sasl_config_path": str(sasl_dir),
+        "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+    }

@@ -1,10 +1,10 @@
 """The recipe's client side, literally: smarthost's queue manager relays through a REAL Postfix
 configured as the recipe's server.
 
-The Postfix (a private instance): STARTTLS with a trustme certificate, AUTH only after TLS
-(``smtpd_tls_auth_only = yes``), SASL through the Dovecot auth protocol served by our own
-``smarthost authd --dovecot`` (the Cyrus-saslauthd path through a private Postfix does not work
-on this machine, see test_saslauthd_interop.py), relaying only for authenticated clients, and
+The Postfix (a private instance), as the howtos set it up: STARTTLS with a trustme certificate,
+AUTH only after TLS (``smtpd_tls_auth_only = yes``), Cyrus SASL with ``sasl/smtpd.conf`` saying
+``pwcheck_method: saslauthd`` and ``mech_list: PLAIN LOGIN``, checked by a real Cyrus
+``saslauthd -a sasldb`` (``peers.CyrusSaslauthd``); relaying only for authenticated clients, and
 delivering ``example.net`` into a virtual Maildir.
 
 Our side, configured as a howto says::
@@ -15,15 +15,14 @@ Our side, configured as a howto says::
     smtp_sasl_security_options = noanonymous
     smtp_tls_security_level = verify, smtp_tls_CAfile = the trustme CA
 
-The message must land in the Maildir with its content unchanged.
+The message must land in the Maildir with its content unchanged; once with the mechanism our
+client prefers (PLAIN), once with ``smtp_sasl_mechanism_filter = login``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,16 @@ from pathlib import Path
 
 import pytest
 import trustme
-from peers import require_peer, wait_for_text
+from peers import (
+    CyrusSaslauthd,
+    PeerError,
+    PostfixInstance,
+    cyrus_recipe_server_cf,
+    free_port,
+    require_peer,
+    require_root,
+    wait_for_text,
+)
 
 from smarthost.config import load
 from smarthost.queue import Envelope, QueueStore, Recipient
@@ -39,11 +47,15 @@ from smarthost.queue.manager import QueueManager
 
 SMARTHOST = [sys.executable, "-m", "smarthost"]
 PASSWORD = "correct horse:battery staple"
-BODY = (b"From: Alice <alice@satellite.example>\r\nTo: Bob <bob@example.net>\r\n"
-        b"Subject: through the recipe's smarthost\r\nDate: Tue, 25 Nov 2025 11:00:00 +0000\r\n"
-        b"Message-ID: <relay-interop-1@satellite.example>\r\n\r\n"
-        b"Hello through a real Postfix.\r\n.a line with a leading dot\r\n\r\nbye\r\n")
+REALM = "example.test"  # smtpd_sasl_local_domain: the login alice is alice@example.test in sasldb
 NOBODY = 65534
+
+
+def body(n: int) -> bytes:
+    return (b"From: Alice <alice@satellite.example>\r\nTo: Bob <bob@example.net>\r\n"
+            b"Subject: through the recipe's smarthost\r\nDate: Tue, 25 Nov 2025 11:00:00 +0000\r\n"
+            b"Message-ID: <relay-interop-%d@satellite.example>\r\n\r\n"
+            b"Hello through a real Postfix.\r\n.a line with a leading dot\r\n\r\nbye \xc3\xa9\r\n" % n)
 
 
 class MailLog:
@@ -56,44 +68,26 @@ class MailLog:
     warning = error = log
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"authd exited with {proc.returncode}: {proc.stderr.read()}")
-        with socket.socket(socket.AF_UNIX) as s:
-            try:
-                s.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.05)
-    raise AssertionError(f"{path} never accepted connections")
-
-
 @pytest.fixture(scope="module")
-def authd(interop_dir: Path):
-    """``smarthost authd`` with user alice, serving the Dovecot protocol to Postfix's smtpd."""
-    config = interop_dir / "authd-config"
-    config.mkdir()
-    subprocess.run([*SMARTHOST, "-c", str(config), "users", "add", "alice"], input=PASSWORD + "\n",
-                   text=True, check=True, capture_output=True)
-    sockdir = interop_dir / "authd"
-    sockdir.mkdir()
-    sockdir.chmod(0o755)  # Postfix's smtpd runs as postfix and must reach the socket
-    proc = subprocess.Popen([*SMARTHOST, "-c", str(config), "authd", "-m", str(sockdir), "-d",
-                             "--dovecot", str(sockdir / "auth-client")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+def saslauthd(interop_dir: Path):
+    """A real Cyrus saslauthd over a private sasldb with the user alice."""
+    require_root("saslauthd's private sasldb needs a mount namespace")
+    for command in ("saslauthd", "saslpasswd2", "unshare"):
+        require_peer(command)
+    daemon = CyrusSaslauthd(interop_dir / "saslauthd", {"alice": PASSWORD}, REALM)
     try:
-        _wait_for_socket(sockdir / "auth-client", proc)
-        yield sockdir / "auth-client"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        daemon.start()
+    except PeerError as e:
+        error = str(e)
+    else:
+        yield daemon
+        daemon.stop()
+        return
+    pytest.fail(error, pytrace=False)
 
 
 @pytest.fixture(scope="module")
-def recipe_server(interop_dir: Path, authd: Path, start_postfix):
+def recipe_server(interop_dir: Path, saslauthd: CyrusSaslauthd):
     """A real Postfix as the recipe's smarthost; returns (instance, CA, Maildir of bob)."""
     ca = trustme.CA()
     tls = interop_dir / "postfix-tls"
@@ -106,28 +100,32 @@ def recipe_server(interop_dir: Path, authd: Path, start_postfix):
     vmail = interop_dir / "vmail"
     vmail.mkdir()
     os.chown(vmail, NOBODY, NOBODY)
-    postfix = start_postfix("recipe-server", {
+    for command in ("postfix", "sendmail", "script"):
+        require_peer(command)
+    directory = interop_dir / "recipe-server"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    postfix = PostfixInstance(directory, free_port(), {
         "myhostname": "mail.example.test",
-        "mynetworks": "192.0.2.0/24",  # loopback is NOT trusted: relaying needs AUTH
-        "smtpd_tls_cert_file": str(tls / "cert.pem"),
-        "smtpd_tls_key_file": str(tls / "key.pem"),
-        "smtpd_tls_security_level": "may",
-        "smtpd_tls_auth_only": "yes",
-        "smtpd_sasl_auth_enable": "yes",
-        "smtpd_sasl_type": "dovecot",
-        "smtpd_sasl_path": str(authd),
-        "smtpd_sasl_security_options": "noanonymous",
-        "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+        **cyrus_recipe_server_cf(directory / "etc", saslauthd, REALM, tls / "cert.pem", tls / "key.pem"),
         "virtual_mailbox_domains": "example.net",
         "virtual_mailbox_base": str(vmail),
         "virtual_mailbox_maps": "inline:{ bob@example.net=bob/ }",
         "virtual_uid_maps": f"static:{NOBODY}",
         "virtual_gid_maps": f"static:{NOBODY}",
     })
-    return postfix, ca, vmail / "bob" / "new"
+    try:
+        postfix.start()
+    except PeerError as e:
+        postfix.stop()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield postfix, ca, vmail / "bob" / "new"
+    finally:
+        postfix.stop()
 
 
-def _our_config(directory: Path, port: int, ca: trustme.CA) -> Path:
+def _our_config(directory: Path, port: int, ca: trustme.CA, extra: dict[str, str]) -> Path:
     directory.mkdir()
     ca.cert_pem.write_to_path(str(directory / "ca.pem"))
     nexthop = f"[127.0.0.1]:{port}"
@@ -147,13 +145,14 @@ def _our_config(directory: Path, port: int, ca: trustme.CA) -> Path:
         "smtp_sasl_security_options": "noanonymous",
         "smtp_tls_security_level": "verify",
         "smtp_tls_CAfile": str(directory / "ca.pem"),
+        **extra,
     }
     (directory / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
     (directory / "master.cf").write_text("")
     return directory
 
 
-async def _relay(config_dir: Path) -> tuple[str, MailLog, QueueStore]:
+async def _relay(config_dir: Path, message: bytes) -> tuple[str, MailLog, QueueStore]:
     config = load(config_dir)
     store = QueueStore(config.params["queue_directory"])
     maillog = MailLog()
@@ -161,7 +160,7 @@ async def _relay(config_dir: Path) -> tuple[str, MailLog, QueueStore]:
     task = asyncio.create_task(manager.run())
     try:
         envelope = Envelope("alice@satellite.example", (Recipient("bob@example.net"),))
-        queue_id = await store.submit(envelope, BODY)
+        queue_id = await store.submit(envelope, message)
         manager.wake()
         for _ in range(3000):
             await asyncio.sleep(0.01)
@@ -173,11 +172,17 @@ async def _relay(config_dir: Path) -> tuple[str, MailLog, QueueStore]:
         await asyncio.wait_for(task, 20)
 
 
-def test_relay_through_real_postfix_with_starttls_and_auth(interop_dir: Path, recipe_server) -> None:
+@pytest.mark.parametrize(("n", "extra", "mechanism"), [
+    (1, {}, "PLAIN"),
+    (2, {"smtp_sasl_mechanism_filter": "login"}, "LOGIN"),
+])
+def test_relay_through_real_postfix_with_starttls_and_cyrus_auth(
+        interop_dir: Path, recipe_server, n: int, extra: dict[str, str], mechanism: str) -> None:
     require_peer("postmap")
     postfix, ca, maildir = recipe_server
-    config_dir = _our_config(interop_dir / "satellite", postfix.port, ca)
-    queue_id, maillog, store = asyncio.run(_relay(config_dir))
+    message = body(n)
+    config_dir = _our_config(interop_dir / f"satellite-{n}", postfix.port, ca, extra)
+    queue_id, maillog, store = asyncio.run(_relay(config_dir, message))
     try:
         log = "\n".join(maillog.lines)
         assert store.get(queue_id) is None, log + "\n--- postfix:\n" + postfix.log_text()[-3000:]
@@ -187,10 +192,14 @@ def test_relay_through_real_postfix_with_starttls_and_auth(interop_dir: Path, re
     assert f"{queue_id}: to=<bob@example.net>, relay=127.0.0.1[127.0.0.1]:{postfix.port}," in log
     assert "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as " in log
     assert PASSWORD not in log
-    # Postfix saw AUTH over TLS from us, then delivered into bob's Maildir.
-    wait_for_text(postfix.maillog, r"sasl_method=PLAIN, sasl_username=alice", what="Postfix log")
-    wait_for_text(postfix.maillog, r"status=sent \(delivered to maildir\)", what="Postfix log")
-    [delivered] = list(maildir.iterdir())
-    content = delivered.read_bytes()
+    # Postfix saw AUTH over TLS from us, checked by Cyrus saslauthd, then delivered into bob's Maildir.
+    wait_for_text(postfix.maillog, rf"sasl_method={mechanism}, sasl_username=alice", what="Postfix log")
+    marker = b"<relay-interop-%d@satellite.example>" % n
+    for _ in range(200):
+        delivered = [p for p in maildir.iterdir() if marker in p.read_bytes()] if maildir.exists() else []
+        if delivered:
+            break
+        time.sleep(0.05)
+    [path] = delivered
     # Postfix's virtual(8) stores LF line ends below its own Return-Path/Delivered-To/Received.
-    assert content.endswith(BODY.replace(b"\r\n", b"\n"))
+    assert path.read_bytes().endswith(message.replace(b"\r\n", b"\n"))
