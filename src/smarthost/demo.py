@@ -8,20 +8,28 @@
   anywhere else (other domains are refused, ``default_transport`` is the error transport);
 - ``master.cf``: three services on unprivileged loopback ports, configured the Postfix way:
   2525 (smtp), 2587 (submission, STARTTLS required) and 2465 (smtps, implicit TLS), and the
-  queue manager;
+  queue manager (other ports: ``smarthost demo --ports SMTP,SUBMISSION,SMTPS``);
 - ``tls/``: a self-signed certificate for ``mail.demo.test`` and ``localhost`` (key 0600).
 
-An existing directory is used as it is, so the admin's edits survive.
+An existing directory is used as it is, so the admin's edits survive; the instructions then
+name the ports its ``master.cf`` serves.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from smarthost.certs import selfsigned
 
 SMTP_PORT, SUBMISSION_PORT, SMTPS_PORT = 2525, 2587, 2465
+
+
+class Ports(NamedTuple):
+    smtp: int = SMTP_PORT
+    submission: int = SUBMISSION_PORT
+    smtps: int = SMTPS_PORT
 
 MAIN_CF = """\
 # smarthost demo configuration (Postfix syntax; see `smarthost -c {dir} postconf -n`).
@@ -76,7 +84,7 @@ qmgr                   unix  n       -       n       300     1       qmgr
 """
 
 
-def ensure_demo(directory: Path) -> bool:
+def ensure_demo(directory: Path, ports: Ports = Ports()) -> bool:
     """Write the demo configuration unless ``directory/main.cf`` exists. True if written."""
     if (directory / "main.cf").exists():
         return False
@@ -86,7 +94,7 @@ def ensure_demo(directory: Path) -> bool:
     if not (tls / "cert.pem").exists():
         selfsigned("mail.demo.test", ["localhost", "127.0.0.1", "::1"], tls / "cert.pem", tls / "key.pem", force=True)
     (directory / "master.cf").write_text(
-        MASTER_CF.format(smtp=SMTP_PORT, submission=SUBMISSION_PORT, smtps=SMTPS_PORT)
+        MASTER_CF.format(smtp=ports.smtp, submission=ports.submission, smtps=ports.smtps)
     )
     (directory / "vmailbox").write_text(VMAILBOX)
     uid, gid = _mail_owner(directory / "mail")
@@ -106,15 +114,32 @@ def _mail_owner(base: Path) -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
-def instructions(directory: Path, created: bool) -> str:
+def served_ports(directory: Path) -> Ports:
+    """The ports the demo's master.cf serves (an admin may have changed them), by role:
+    wrapper mode is smtps, ``encrypt`` is submission, the other inet service is smtp."""
+    from smarthost.config import load
+
+    found = Ports()._asdict()
+    for service in load(directory).inet_services():
+        if service.params["smtpd_tls_wrappermode"]:
+            found["smtps"] = service.port
+        elif service.params.raw("smtpd_tls_security_level") == "encrypt":
+            found["submission"] = service.port
+        else:
+            found["smtp"] = service.port
+    return Ports(**found)
+
+
+def instructions(directory: Path, created: bool, ports: Ports = Ports()) -> str:
     what = "Wrote a demo configuration to" if created else "Using the configuration in"
+    smtp, submission, smtps = ports
     return f"""\
 {what} {directory}
-smarthost listens on 127.0.0.1: {SMTP_PORT} (smtp, STARTTLS offered), {SUBMISSION_PORT} (submission, STARTTLS required), {SMTPS_PORT} (smtps, implicit TLS).
+smarthost listens on 127.0.0.1: {smtp} (smtp, STARTTLS offered), {submission} (submission, STARTTLS required), {smtps} (smtps, implicit TLS).
 
 Send a test message (in another terminal):
-  swaks --server 127.0.0.1:{SMTP_PORT} --from you@example.net --to alice@demo.test --tls
-  python3 -c "import smtplib; s = smtplib.SMTP('127.0.0.1', {SMTP_PORT}); s.starttls(); s.sendmail('you@example.net', ['alice@demo.test'], 'Subject: hi\\r\\n\\r\\nHello from Python.\\r\\n'); s.quit()"
+  swaks --server 127.0.0.1:{smtp} --from you@example.net --to alice@demo.test --tls
+  python3 -c "import smtplib; s = smtplib.SMTP('127.0.0.1', {smtp}); s.starttls(); s.sendmail('you@example.net', ['alice@demo.test'], 'Subject: hi\\r\\n\\r\\nHello from Python.\\r\\n'); s.quit()"
 See it arrive (Maildirs of alice@, bob@ and postmaster@demo.test):
   ls {directory}/mail/alice/new/
   .venv/bin/smarthost -c {directory} mailq          # what is still queued

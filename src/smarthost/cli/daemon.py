@@ -5,12 +5,14 @@ runs the same in the background and returns once it listens; ``stop`` / ``reload
 master named by the pid file in ``data_directory``; ``status`` says whether it runs.
 
 ``demo`` is the README's one command: it writes a complete configuration for loopback into a
-directory (once), with a fresh self-signed certificate, prints how to send a test message and
-then runs the server in the foreground.
+directory (``--dir``, else ``-c DIR``, else ``./demo``; once), with a fresh self-signed
+certificate and the ports of ``--ports``, prints how to send a test message (naming the ports
+the directory's master.cf serves) and then runs the server in the foreground.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -34,8 +36,22 @@ def register(sub) -> None:
     p = sub.add_parser("status", help="say whether the mail system runs")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("demo", help="write a loopback demo configuration (once) and run it")
-    p.add_argument("--dir", default="demo", help="where the demo configuration lives (default ./demo)")
+    p.add_argument("--dir", help="where the demo configuration lives (default: -c DIR if given, else ./demo)")
+    p.add_argument("--ports", type=_ports, metavar="SMTP,SUBMISSION,SMTPS",
+                   help="loopback ports of a new demo's three services (default 2525,2587,2465)")
     p.set_defaults(func=cmd_demo)
+
+
+def _ports(text: str):
+    from smarthost.demo import Ports
+
+    try:
+        ports = [int(p) for p in text.split(",")]
+    except ValueError:
+        ports = []
+    if len(ports) != 3 or not all(0 < p < 65536 for p in ports) or len(set(ports)) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three different ports, e.g. 2525,2587,2465")
+    return Ports(*ports)
 
 
 def _fail(message: str) -> int:
@@ -135,10 +151,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from smarthost.demo import ensure_demo, instructions
+    from smarthost.demo import Ports, ensure_demo, instructions, served_ports
 
-    directory = Path(args.dir).resolve()
-    created = ensure_demo(directory)
-    print(instructions(directory, created), flush=True)
+    directory = Path(args.dir or (args.config_dir if getattr(args, "config_dir_given", False) else "demo")).resolve()
+    created = ensure_demo(directory, args.ports or Ports())
+    try:
+        ports = served_ports(directory)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.ports and ports != args.ports:
+        print(f"smarthost: note: --ports applies to a new demo; {directory}/master.cf says otherwise", file=sys.stderr)
+    print(instructions(directory, created, ports), flush=True)
     args.config_dir = str(directory)
     return cmd_run(args)
