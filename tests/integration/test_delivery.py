@@ -184,22 +184,23 @@ class Satellite:
     """smarthost's delivery side, configured by main.cf, relaying to the fake smarthost."""
 
     def __init__(self, directory: Path, main_cf: dict[str, str], *, password_key: str | None = None,
-                 hosts: set[str] = frozenset()) -> None:
+                 hosts: set[str] | dict[str, object] = frozenset(), master_cf: str = "",
+                 resolver: object = None) -> None:
         cfg = {"myhostname": "satellite.example.test", "mydestination": "satellite.example.test",
                "queue_directory": str(directory / "queue"), "alias_maps": "",
                "smtp_sasl_password_maps": f"texthash:{directory / 'sasl_passwd'}", **main_cf}
         (directory / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in cfg.items()))
-        (directory / "master.cf").write_text("")
+        (directory / "master.cf").write_text(master_cf)
         (directory / "sasl_passwd").write_text(f"{password_key} alice:{PASSWORD}\n" if password_key else "")
         self.store = QueueStore(directory / "queue", synchronous=False)
         self.clock = Clock()
         self.maillog = MailLog()
         self.manager = QueueManager(load(directory), self.store, self.maillog, clock=self.clock,
-                                    resolver=FakeResolver(set(hosts)))
+                                    resolver=resolver or FakeResolver(set(hosts)))
         self.task: asyncio.Task | None = None
 
-    async def submit(self, body: bytes = BODY) -> str:
-        envelope = Envelope("alice@example.org", (Recipient("bob@example.net"),), arrival=self.clock.now)
+    async def submit(self, body: bytes = BODY, recipients: tuple[str, ...] = ("bob@example.net",)) -> str:
+        envelope = Envelope("alice@example.org", tuple(Recipient(r) for r in recipients), arrival=self.clock.now)
         queue_id = await self.store.submit(envelope, body)
         if self.task is None:
             self.task = asyncio.create_task(self.manager.run())

@@ -11,7 +11,7 @@ One ``qmgr`` process runs :func:`run_queue_manager` (forked by the master). It
   recipients in ``virtual_mailbox_domains`` go to local delivery), groups the recipients by
   transport and next hop, at most ``*_destination_recipient_limit`` per delivery;
 * delivers through the transports (``smtp``/``relay`` and every master.cf service whose command
-  is ``smtp``: :mod:`smarthost.outbound.smtp`; ``local``/``virtual``:
+  is ``smtp``, each with its master.cf ``-o`` overrides: :mod:`smarthost.outbound.smtp`; ``local``/``virtual``:
   :mod:`smarthost.outbound.local`; ``error:`` bounces with its text, ``retry:`` defers, an
   unknown transport defers), with at most ``*_destination_concurrency_limit`` deliveries per
   destination, ``default_process_limit`` in all, and one connection reused for the next
@@ -972,13 +972,20 @@ def build_delivery(config: Any, maillog: Any, *, resolver: Any = None) -> tuple[
         recipient_delimiter=params["recipient_delimiter"],
     )
     local = LocalTransport(LocalSettings.from_params(params), local_tables)
+    # default_transport (smtp) and relay_transport (relay) are master.cf services as in Postfix:
+    # a line "relay unix - - n - - smtp -o smtp_tls_security_level=encrypt" gives that transport
+    # its own settings. Without such a line (our built-in master.cf has none), or one without
+    # -o overrides, the transport uses main.cf's settings, and smtp and relay share one client.
     smtp = SmtpTransport.from_params(params, config.config_dir, log=maillog.log, resolver=resolver)
     transports: dict[str, Transport] = {"smtp": smtp, "relay": smtp, "local": local, "virtual": local}
     for service in getattr(config, "services", ()):
-        if service.type == "unix" and service.command == "smtp" and service.name not in ("smtp", "relay"):
-            transports[service.name] = SmtpTransport.from_params(
-                service.params, config.config_dir, log=maillog.log, resolver=resolver
-            )
+        if service.type == "unix" and service.command == "smtp":
+            if service.overrides:
+                transports[service.name] = SmtpTransport.from_params(
+                    service.params, config.config_dir, log=maillog.log, resolver=resolver
+                )
+            else:
+                transports[service.name] = smtp
     return routing, transports
 
 
