@@ -119,3 +119,18 @@ def test_configuration_that_does_not_load(confdir):
     result = smarthost("-c", str(confdir), "check")
     assert result.returncode == 1
     assert result.stdout.startswith(f"{confdir / 'master.cf'}:1: error: expected 8 columns")
+
+
+def test_warnings_the_server_prints_at_start_are_findings(confdir):
+    # A howto's master.cf line with the chroot column y: smarthost run warns at start; check says so too.
+    master_cf = confdir / "master.cf"
+    master_cf.write_text("# services\n127.0.0.1:2525 inet n - y - - smtpd\n")
+    result = smarthost("-c", str(confdir), "check")
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    found = [n for n, line in enumerate(lines) if line.startswith(f"{master_cf}:2: warning: smarthost run would warn:")]
+    assert len(found) == 1 and "chroot" in lines[found[0]], result.stdout
+    assert lines[found[0] + 1].startswith("  fix: write n in the chroot column (the 5th) of this master.cf line")
+    assert lines[-1] == "0 error(s), 1 warning(s), 0 hint(s)"
+    master_cf.write_text("# services\n127.0.0.1:2525 inet n - n - - smtpd\n")
+    assert smarthost("-c", str(confdir), "check").stdout == "0 error(s), 0 warning(s), 0 hint(s)\n"
