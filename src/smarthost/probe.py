@@ -19,7 +19,9 @@ collects the facts into a :class:`ProbeReport`:
    ``auth_unverified``);
 6. with a sender and recipients: a test message.
 
-Exit status (:attr:`ProbeReport.exit_status`): 0 all good, 1 a problem found, 2 could not connect.
+Exit status (:attr:`ProbeReport.exit_status`): 0 all good, 1 a problem found (each in
+:attr:`ProbeReport.problems`: a certificate that does not verify, no STARTTLS, AUTH offered before
+TLS, a failed login or test message, an open relay), 2 could not connect.
 Every network step has a timeout. The password never appears in the report, its repr or logs.
 
 The certificate chain: Python before 3.13 exposes only the server's own certificate; from 3.13
@@ -510,9 +512,14 @@ class _Prober:
         r = self.report
         r.capabilities_after_tls = ehlo.capabilities
         r.auth_after_tls = ehlo.capabilities.get("AUTH", "").upper().split()
+
+    def _auth_before_tls(self) -> None:
+        """AUTH offered in plaintext is a problem however the session went on (STARTTLS, no TLS
+        asked for, none offered, a failed handshake)."""
+        r = self.report
         if r.auth_before_tls:
-            r.warnings.append(f"AUTH is offered before TLS ({' '.join(r.auth_before_tls)}): "
-                              "clients may send passwords in the clear (smtpd_tls_auth_only = yes)")
+            r.problems.append(f"AUTH is offered before TLS ({' '.join(r.auth_before_tls)}): clients may send "
+                              "passwords in the clear (on the server: smtpd_tls_auth_only = yes)")
 
     async def run(self) -> ProbeReport:
         o, r = self.o, self.report
@@ -521,9 +528,11 @@ class _Prober:
         except _Unreachable as exc:
             if r.connected:
                 r.problems.append(str(exc))
+                self._auth_before_tls()
             else:
                 r.error = str(exc)
             return r
+        self._auth_before_tls()
         try:
             if o.relay_test:
                 session = await self.relay_test(session)

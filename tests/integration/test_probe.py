@@ -58,6 +58,27 @@ def open_relay(tmp_path_factory):
     instance.stop()
 
 
+@pytest.fixture(scope="module")
+def plaintext_auth(tmp_path_factory):
+    """The classic mistake: smtpd_tls_auth_only = no. Port 0 offers STARTTLS, port 1 no TLS at all."""
+    directory = tmp_path_factory.mktemp("plainauth")
+    ports = free_port(), free_port()
+    instance = SmarthostInstance(
+        directory, {"mynetworks": "192.0.2.0/24", "smtpd_sasl_auth_enable": "yes", "smtpd_tls_auth_only": "no"},
+        f"127.0.0.1:{ports[0]} inet n - n - - smtpd\n"
+        f"127.0.0.1:{ports[1]} inet n - n - - smtpd\n"
+        "  -o smtpd_tls_security_level=none\n",
+        tls=True,
+    )
+    instance.config_dir.mkdir(parents=True)
+    db = UserDB(instance.config_dir / "sasldb")
+    db.add("alice", PASSWORD)
+    db.close()
+    instance.start()
+    yield instance
+    instance.stop()
+
+
 def probe(capsys, monkeypatch, *args: str, stdin: str = "", timeout: float = 10) -> tuple[int, dict]:
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     status = main(["probe", *args, "--json", "--timeout", str(timeout)])
@@ -234,3 +255,18 @@ def test_human_output(server, capsys, monkeypatch):
     assert "Banner:              220 mx.example.test ESMTP smarthost" in out
     assert "verification:      OK (name 127.0.0.1" in out
     assert out.rstrip().endswith("Result: OK")
+
+
+@pytest.mark.parametrize("port, mode", [(0, []), (0, ["--no-tls"]), (1, [])], ids=["starttls", "no-tls", "no-starttls"])
+def test_auth_offered_before_tls_is_a_problem_however_the_session_goes_on(plaintext_auth, capsys, monkeypatch,
+                                                                          port, mode):
+    status, r = probe(capsys, monkeypatch, f"127.0.0.1:{plaintext_auth.ports[port]}", "--ca", ca(plaintext_auth),
+                      *mode)
+    assert status == 1, r
+    assert "PLAIN" in r["auth_before_tls"]
+    problem = [p for p in r["problems"] if p.startswith("AUTH is offered before TLS")]
+    assert len(problem) == 1 and "smtpd_tls_auth_only = yes" in problem[0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["probe", f"127.0.0.1:{plaintext_auth.ports[port]}", "--ca", ca(plaintext_auth), *mode]) == 1
+    out = capsys.readouterr().out
+    assert "  - AUTH is offered before TLS (" in out and "Result: " in out and "Result: OK" not in out

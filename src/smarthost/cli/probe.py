@@ -8,8 +8,9 @@
 Port 465 means implicit TLS, any other STARTTLS, unless told otherwise. With ``--user`` the
 password is asked for on a terminal, else read from the first line of stdin; ``--password`` on
 the command line works too but is visible to other users in the process list. The probe connects
-only to HOST. Exit status: 0 all good, 1 a problem found, 2 could not connect. The work is done
-by :mod:`smarthost.probe`.
+only to HOST. Exit status: 0 all good, 1 a problem found (a certificate that does not verify, no
+STARTTLS, AUTH offered before TLS, a failed login or test message, an open relay), 2 could not
+connect. The work is done by :mod:`smarthost.probe`.
 """
 
 from __future__ import annotations
