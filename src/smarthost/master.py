@@ -19,8 +19,11 @@ connections), and one queue manager (``qmgr``: delivery). It then waits for sign
 Workers are plain ``fork()`` children running one asyncio loop each (uvloop where installed).
 Started as root, the SMTP workers drop to ``mail_owner`` right after the fork (the listening
 sockets, TLS keys and the user database are open by then); the queue manager stays root,
-because local delivery writes each Maildir as its owner. ``master.cf``'s chroot column is not
-implemented: services run unchrooted, and a warning says so.
+because local delivery writes each Maildir as its owner. ``master.cf``'s chroot column does not
+chroot anything (the workers serve every service, so they cannot each have their own root), and
+a warning says so; but for an smtpd service with chroot ``y`` the auth sockets are resolved
+inside ``queue_directory`` as a chrooted Postfix smtpd resolves them (``inbound/auth.py``), so
+the recipe's files mean the same here as there.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from smarthost.config import Config, ConfigError, load
 from smarthost.config.mastercf import listen_addresses
 from smarthost.config.saslconf import load_sasl_conf
-from smarthost.inbound.auth import AuthSettings, DovecotRelay, PasswordChecker
+from smarthost.inbound.auth import AuthSettings, AuthSocket, DovecotRelay, PasswordChecker, auth_socket
 from smarthost.inbound.limits import ClientCounts, WorkerCounts
 from smarthost.inbound.policy import Policy, PolicyError, PolicySettings
 from smarthost.inbound.server import Listener, Worker
@@ -108,6 +111,7 @@ def build_listener(service, cfg: Config, warnings: list[str]) -> Listener:
         tls_required=level == "encrypt" and not wrapper,
         vrfy_enabled=not p["disable_vrfy_command"],
         auth_mechanisms=auth.mechanisms if auth else (),
+        auth_tls_mechanisms=auth.tls_mechanisms if auth else None,
         auth_requires_tls=auth.requires_tls if auth else True,
         max_auth_failures=auth.failure_limit if auth else 3,
         broken_sasl_auth_clients=p["broken_sasl_auth_clients"],
@@ -170,28 +174,42 @@ def _build_auth(service, cfg: Config, warnings: list[str], *, tls_possible: bool
     where = f"{service.file}:{service.line}: service {service.name}"
     conf = load_sasl_conf(cfg.config_dir, p)  # ConfigError names its file and line
     warnings.extend(conf.warnings)
-    requires_tls = p["smtpd_tls_auth_only"] or p["smtpd_tls_wrappermode"]
-    if requires_tls and not tls_possible and not p["smtpd_tls_wrappermode"]:
+    wrapper = p["smtpd_tls_wrappermode"]
+    requires_tls = p["smtpd_tls_auth_only"] or wrapper
+    if requires_tls and not tls_possible and not wrapper:
         warnings.append(f"{where}: smtpd_sasl_auth_enable = yes, but AUTH is never offered: it needs TLS"
                             " (smtpd_tls_auth_only = yes) and the service has no TLS; configure smtpd_tls_cert_file")
-    options = p["smtpd_sasl_tls_security_options"] if requires_tls else p["smtpd_sasl_security_options"]
+
+    def socket(path: str, parameter: str) -> AuthSocket:
+        return auth_socket(path, parameter, service=service.name, queue_directory=p["queue_directory"],
+                           chroot=service.chroot)
+
     relay = checker = None
     available = None
     if conf.type == "dovecot":
-        relay = DovecotRelay(conf.dovecot_path, p["smtpd_sasl_service"])
+        relay = DovecotRelay(socket(conf.dovecot_path, "smtpd_sasl_path"), p["smtpd_sasl_service"])
         available = relay.mechanisms_now()
         if available is None:
-            warnings.append(f"{where}: cannot reach the Dovecot auth socket {conf.dovecot_path};"
+            warnings.append(f"{where}: cannot reach the Dovecot auth socket {relay.socket.explain(relay.socket.path)};"
                                 " offering PLAIN LOGIN, attempts fail temporarily until it answers")
             available = ("PLAIN", "LOGIN")
     else:
-        checker = PasswordChecker(conf)
-    mechanisms = tuple(filter_mechanisms(list(conf.mechanisms(options, available)), p["smtpd_sasl_mechanism_filter"]))
-    if not mechanisms:
-        raise StartError(f"{where}: no SASL mechanism is left to offer (mech_list, smtpd_sasl_security_options and"
-                         " smtpd_sasl_mechanism_filter exclude all); allow PLAIN or LOGIN")
+        checker = PasswordChecker(conf, socket(conf.saslauthd_path, "saslauthd_path"))
+
+    def offered(options_parameter: str) -> tuple[str, ...]:
+        names = conf.mechanisms(p[options_parameter], available)
+        return tuple(filter_mechanisms(list(names), p["smtpd_sasl_mechanism_filter"]))
+
+    # Postfix: smtpd_sasl_security_options before TLS, smtpd_sasl_tls_security_options once it is up.
+    before = () if requires_tls else offered("smtpd_sasl_security_options")
+    after = offered("smtpd_sasl_tls_security_options")
+    if not before and not after:
+        raise StartError(f"{where}: no SASL mechanism is left to offer (mech_list, smtpd_sasl_security_options,"
+                         " smtpd_sasl_tls_security_options and smtpd_sasl_mechanism_filter exclude all);"
+                         " allow PLAIN or LOGIN")
     auth = AuthSettings(
-        mechanisms=mechanisms,
+        mechanisms=before,
+        tls_mechanisms=after,
         service=p["smtpd_sasl_service"],
         realm=p["smtpd_sasl_local_domain"],
         requires_tls=requires_tls,
@@ -216,9 +234,14 @@ def build_runtime(cfg: Config) -> Runtime:
     bindings = []
     warnings = list(cfg.warnings)
     for service in cfg.services:
-        if service.chroot:
+        if service.chroot and service.command == "smtpd":
+            warnings.append(f"{service.file}:{service.line}: service {service.name}: chroot column y: the process"
+                            " is not chrooted (the SMTP workers are shared by all services), but the auth sockets"
+                            " (saslauthd_path, smtpd_sasl_path) are looked for inside queue_directory, as a chrooted"
+                            " Postfix smtpd does; other paths are used as written")
+        elif service.chroot:
             warnings.append(f"{service.file}:{service.line}: service {service.name}: chroot is not implemented;"
-                            " it runs unchrooted and resolves paths (auth sockets too) as written")
+                            " it runs unchrooted")
         if service.type != "inet" or service.command != "smtpd":
             continue
         listener = build_listener(service, cfg, warnings)

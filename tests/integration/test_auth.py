@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import tempfile
 import signal
 import smtplib
 import subprocess
@@ -41,18 +43,23 @@ def tls_session(s) -> Raw:
     return r
 
 
-def sasl_server(smarthost, smtpd_conf: str, main_cf: dict | None = None, *, users: bool = True, files=None):
+def sasl_server(smarthost, smtpd_conf: str | None, main_cf: dict | None = None, *, users: bool = True, files=None,
+                master_cf: str | None = None, before_start=None):
     """A running TLS server with STRANGER's rules plus ``main_cf``, ``sasl/smtpd.conf`` as given,
-    alice/secret in the user database, and ``files`` ({name: text}) in the config directory."""
-    s = smarthost({**STRANGER, **(main_cf or {})}, tls=True, start=False)
+    alice/secret in the user database, and ``files`` ({name: text}) in the config directory;
+    ``before_start(instance)`` runs just before the server starts."""
+    s = smarthost({**STRANGER, **(main_cf or {})}, tls=True, start=False, master_cf=master_cf)
     s.write_config()
-    (s.config_dir / "sasl").mkdir()
-    (s.config_dir / "sasl" / "smtpd.conf").write_text(smtpd_conf)
+    if smtpd_conf is not None:
+        (s.config_dir / "sasl").mkdir()
+        (s.config_dir / "sasl" / "smtpd.conf").write_text(smtpd_conf)
     for name, text in (files or {}).items():
         (s.config_dir / name).write_text(text)
     if users:
         add_user(s.config_dir, "alice", "secret")
     s.write_config = lambda: None  # keep the files made above
+    if before_start is not None:
+        before_start(s)
     s.start()
     return s
 
@@ -141,24 +148,44 @@ def test_brute_force_is_cut_off_after_the_failure_limit(auxprop_server):
     assert r.closed()
 
 
+def start_authd(tmp_path: Path, sock_dir: Path, *args: str) -> subprocess.Popen:
+    """`smarthost authd -a passwd -m SOCK_DIR ARGS` with alice/secret in argon2id, once it listens."""
+    from smarthost.authd.passwords import hash_password
+
+    users = tmp_path / "passwd"
+    if not users.exists():
+        users.write_text(f"alice:{hash_password('secret')}\n")
+        users.chmod(0o600)
+    proc = subprocess.Popen([sys.executable, "-m", "smarthost", "authd", "-a", "passwd", "-O", str(users),
+                             "-m", str(sock_dir), "-d", *args], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (sock_dir / "mux").exists() or (args and not Path(args[-1]).exists()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    return proc
+
+
+def stop_authd(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    return proc.stderr.read().decode()
+
+
 @pytest.fixture
 def authd(tmp_path):
     """`smarthost authd -a passwd` on a private socket, with alice/secret in argon2id."""
-    from smarthost.authd.passwords import hash_password
+    proc = start_authd(tmp_path, tmp_path / "authd")
+    yield tmp_path / "authd" / "mux"
+    stop_authd(proc)
 
-    sock_dir = tmp_path / "authd"
-    users = tmp_path / "passwd"
-    users.write_text(f"alice:{hash_password('secret')}\n")
-    users.chmod(0o600)
-    proc = subprocess.Popen([sys.executable, "-m", "smarthost", "authd", "-a", "passwd", "-O", str(users),
-                             "-m", str(sock_dir), "-d"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not (sock_dir / "mux").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
-    yield sock_dir / "mux"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+
+@pytest.fixture
+def host_dir():
+    """A short directory under /tmp standing for a host path such as /var/run/saslauthd
+    (unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sh", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _saslauthd_server(smarthost, socket_path: Path):
@@ -242,3 +269,87 @@ def test_sender_login_maps_refuse_a_sender_the_user_does_not_own(smarthost):
     r.cmd("RSET")
     r.cmd("MAIL FROM:<alice@example.org>")
     assert r.cmd("RCPT TO:<x@foreign.example>")[0] == 250
+
+
+# --- chroot: the auth socket inside queue_directory, as a chrooted Postfix smtpd finds it -----
+
+
+def _chrooted_server(smarthost, host_dir: Path, tmp_path: Path, *, socket_inside: bool):
+    port = free_port()
+    master = f"127.0.0.1:{port} inet n - y - - smtpd\n  -o smtpd_sasl_auth_enable=yes\n"
+    daemons = []
+
+    def start_daemon(s):
+        inner = Path(f"{s.queue_dir}{host_dir}")  # QUEUE + /tmp/shXXXX
+        daemons.append(start_authd(tmp_path, inner if socket_inside else host_dir))
+
+    s = sasl_server(smarthost, f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {host_dir}/mux\n",
+                    users=False, master_cf=master, before_start=start_daemon)
+    return s, daemons[0], f"127.0.0.1:{port}"
+
+
+def test_chrooted_service_finds_the_socket_inside_the_queue_directory(smarthost, host_dir, tmp_path):
+    s, daemon, _ = _chrooted_server(smarthost, host_dir, tmp_path, socket_inside=True)
+    try:
+        r = tls_session(s)
+        assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 235
+        r.cmd("MAIL FROM:<alice@example.org>")
+        assert r.cmd("RCPT TO:<bob@foreign.example>")[0] == 250
+    finally:
+        log = stop_authd(daemon)
+    assert "auth success: user=alice service=smtp" in log
+    assert "the process is not chrooted" in s.log_text()  # the start-up warning says what chroot y means here
+
+
+def test_chrooted_service_does_not_use_the_socket_at_the_host_path(smarthost, host_dir, tmp_path):
+    s, daemon, name = _chrooted_server(smarthost, host_dir, tmp_path, socket_inside=False)
+    try:
+        r = tls_session(s)
+        code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
+        assert (code, text) == (454, "4.7.0 Temporary authentication failure")
+    finally:
+        log = stop_authd(daemon)
+    assert "auth success" not in log and "auth failure" not in log  # never asked
+    time.sleep(0.2)
+    inner = f"{s.queue_dir}{host_dir}/mux"
+    assert (f"warning: SASL authentication problem: cannot reach saslauthd at {inner}: No such file or directory"
+            f" (saslauthd_path resolved inside the chroot of service {name})") in s.log_text()
+
+
+def test_relative_dovecot_socket_is_in_the_queue_directory(smarthost, tmp_path):
+    # Postfix's howtos write smtpd_sasl_path = private/auth: relative to queue_directory.
+    daemons = []
+
+    def start_daemon(s):
+        daemons.append(start_authd(tmp_path, tmp_path / "authd", "--dovecot", str(s.queue_dir / "private" / "auth")))
+
+    s = sasl_server(smarthost, None, {"smtpd_sasl_type": "dovecot", "smtpd_sasl_path": "private/auth"},
+                    users=False, before_start=start_daemon)
+    try:
+        r = tls_session(s)
+        assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 235
+    finally:
+        log = stop_authd(daemons[0])
+    assert "auth success: user=alice service=smtp" in log
+    assert "cannot reach the Dovecot auth socket" not in s.log_text()
+
+
+# --- smtpd_sasl_security_options before TLS, smtpd_sasl_tls_security_options after ----------------
+
+
+def test_security_options_before_and_after_tls(smarthost):
+    s = sasl_server(smarthost, "pwcheck_method: auxprop\nmech_list: PLAIN LOGIN SCRAM-SHA-256\n",
+                    {"smtpd_tls_auth_only": "no",
+                     "smtpd_sasl_security_options": "noanonymous, noplaintext",
+                     "smtpd_sasl_tls_security_options": "noanonymous"})
+    r = Raw(s.ports[0])
+    r.reply()
+    code, text = r.cmd("EHLO c")
+    assert "AUTH SCRAM-SHA-256\n" in text + "\n" and "PLAIN" not in text
+    code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
+    assert (code, text) == (538, "5.7.11 Encryption required for requested authentication mechanism")
+    assert r.cmd("STARTTLS")[0] == 220
+    r.starttls(client_ctx(s))
+    code, text = r.cmd("EHLO c")
+    assert "AUTH PLAIN LOGIN SCRAM-SHA-256" in text
+    assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 235

@@ -142,6 +142,52 @@ def test_broken_sasl_auth_clients_get_the_old_line_too():
     )
 
 
+def test_security_options_before_tls_and_tls_security_options_after():
+    # smtpd_tls_auth_only = no, smtpd_sasl_security_options = noanonymous, noplaintext (nothing of
+    # PLAIN LOGIN is left before TLS), smtpd_sasl_tls_security_options = noanonymous (both after).
+    plain_only = auth_settings(auth_mechanisms=(), auth_tls_mechanisms=("PLAIN", "LOGIN"),
+                               auth_requires_tls=False, starttls_available=True)
+    shell = run(
+        f"""
+        C: EHLO c
+        S: 250-mx.example.com
+        S: 250-PIPELINING
+        S: 250-SIZE 10240000
+        S: 250-STARTTLS
+        S: 250-ENHANCEDSTATUSCODES
+        S: 250-8BITMIME
+        S: 250-DSN
+        S: 250 SMTPUTF8
+        C: AUTH PLAIN {b64(chr(0) + "alice" + chr(0) + PASSWORD)}
+        S: 538 5.7.11 Encryption required for requested authentication mechanism
+        C: AUTH CRAM-MD5
+        S: 504 5.5.4 Unsupported authentication mechanism
+        C: STARTTLS
+        S: 220 2.0.0 Ready to start TLS
+        """,
+        tls_active=False, settings=plain_only,
+    )
+    assert not shell.of_type(AuthStart) and shell.checked == []
+    shell.conn.tls_established()
+    assert shell.send(b"EHLO c\r\n").split(b"\r\n")[3] == b"250-AUTH PLAIN LOGIN"
+    assert shell.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + PASSWORD)}\r\n".encode()) == (
+        b"235 2.7.0 Authentication successful\r\n"
+    )
+
+
+def test_the_list_before_tls_is_not_offered_after_it():
+    # A list that shrinks once TLS is up (odd, but Postfix allows it): after STARTTLS only the TLS one counts.
+    shell = greeted(tls_active=False, settings=auth_settings(
+        auth_mechanisms=("PLAIN", "LOGIN"), auth_tls_mechanisms=("LOGIN",), auth_requires_tls=False,
+        starttls_available=True))
+    assert "AUTH PLAIN LOGIN" in shell.conn.capabilities()
+    shell.send(b"STARTTLS\r\n")
+    shell.conn.tls_established()
+    shell.send(b"EHLO c\r\n")
+    assert "AUTH LOGIN" in shell.conn.capabilities()
+    assert shell.send(b"AUTH PLAIN =\r\n") == b"504 5.5.4 Unsupported authentication mechanism\r\n"
+
+
 def test_auth_is_an_unknown_command_when_no_mechanism_is_configured():
     run(
         f"""

@@ -75,6 +75,11 @@ def test_auth_before_starttls(conf, short_dir):
     assert "before STARTTLS" in found.message and found.fix == "smtpd_tls_auth_only = yes"
     conf.set(smtpd_tls_auth_only="yes")
     assert conf.findings() == []
+    # Before TLS the server offers only what smtpd_sasl_security_options allow: noplaintext is safe.
+    conf.set(smtpd_tls_auth_only="no", smtpd_sasl_security_options="noanonymous, noplaintext",
+             smtpd_sasl_tls_security_options="noanonymous")
+    saslauthd_conf(conf, str(short_dir / "mux"), "PLAIN LOGIN")
+    assert by_check(conf.findings(), "auth.plaintext") == []
     sock.close()
 
 
@@ -144,7 +149,9 @@ def test_socket_outside_the_chroot(conf, short_dir):
     assert "there is one at that path outside the chroot" in found.message
     assert f"-m {spool}{short_dir}/run" in found.fix and "chroot column" in found.fix
     inner = listening(Path(inside))
-    assert conf.findings() == []
+    found = conf.findings()
+    assert [f.check for f in found] == ["start.warning"]  # what smarthost run says about the chroot column
+    assert "the auth sockets (saslauthd_path, smtpd_sasl_path) are looked for inside queue_directory" in found[0].message
     sock.close()
     inner.close()
 
@@ -174,13 +181,33 @@ def test_socket_directory_not_searchable_by_mail_owner(conf, short_dir):
 
 
 def test_dovecot_relative_socket_path(conf, short_dir):
+    # Postfix's smtpd_sasl_path = private/auth is relative to queue_directory; the server reads it so too.
     conf.set(smtpd_sasl_type="dovecot", smtpd_sasl_path="private/auth", queue_directory=str(short_dir))
-    found = by_check(conf.findings(), "auth.socket")
-    assert [f.severity for f in found] == [ERROR, WARNING]  # errors first
-    assert f"{short_dir}/private/auth does not exist" in found[0].message
-    assert f"smtpd_sasl_path = {short_dir}/private/auth" in found[1].fix
+    found = one(conf.findings(), "auth.socket")
+    assert found.severity is ERROR
+    assert f"{short_dir}/private/auth (smtpd_sasl_path private/auth is relative to queue_directory) does not exist" \
+        in found.message
+    assert f"smarthost authd --dovecot {short_dir}/private/auth" in found.fix
     sock = listening(short_dir / "private" / "auth")
     threading.Thread(target=greet_as_dovecot, args=(sock,), daemon=True).start()
+    assert by_check(conf.findings(), "auth.socket") == []
     conf.set(smtpd_sasl_path=str(short_dir / "private" / "auth"))
+    assert by_check(conf.findings(), "auth.socket") == []
+    sock.close()
+
+
+def test_dovecot_socket_of_a_chrooted_service(conf, short_dir):
+    # Chrooted: an absolute smtpd_sasl_path is inside the queue directory, a relative one is the same
+    # socket (relative to the queue directory, never the queue directory twice).
+    spool = short_dir / "q"
+    spool.mkdir()
+    conf.set(smtpd_sasl_type="dovecot", smtpd_sasl_path="/private/auth", queue_directory=str(spool))
+    conf.master("127.0.0.1:10587 inet n - y - - smtpd\n")
+    found = one(conf.findings(), "auth.socket")
+    assert f"looks for the Dovecot auth socket at {spool}/private/auth, which does not exist" in found.message
+    sock = listening(spool / "private" / "auth")
+    threading.Thread(target=greet_as_dovecot, args=(sock,), daemon=True).start()
+    assert by_check(conf.findings(), "auth.socket") == []
+    conf.set(smtpd_sasl_path="private/auth")
     assert by_check(conf.findings(), "auth.socket") == []
     sock.close()

@@ -1,7 +1,9 @@
 """SMTP AUTH on the server side: AUTH reachable without TLS, ``mech_list`` entries the password
 method cannot verify, and the auth socket (saslauthd or Dovecot): missing, not a socket, nobody
-listening, or out of reach of ``mail_owner`` — resolved inside ``queue_directory`` for a service
-that runs chrooted (master.cf chroot column ``y``), the recipe's classic trap."""
+listening, or out of reach of ``mail_owner``. The socket is looked for exactly where the server
+looks (``inbound.auth.auth_socket``, as a Postfix smtpd does): inside ``queue_directory`` for a
+service whose master.cf chroot column is ``y`` — the recipe's classic trap — and relative to
+``queue_directory`` for a relative path (Dovecot's ``private/auth``)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from smarthost.config.saslconf import SaslConf, load_sasl_conf
 from smarthost.doctor.configfile import sasl_where
 from smarthost.doctor.context import Context, service_where
 from smarthost.doctor.findings import ERROR, HINT, WARNING
+from smarthost.inbound.auth import auth_socket
 
 CONNECT_TIMEOUT = 1.0
 _MECH_WARNING = re.compile(
@@ -42,8 +45,8 @@ def check(ctx: Context) -> None:
             _dovecot_socket(ctx, service, conf)
         elif "saslauthd" in conf.pwcheck_methods:
             assert conf.path is not None  # saslauthd is only ever named in a file
-            _socket(ctx, service, conf.saslauthd_path, "saslauthd socket", sasl_where(conf.path, "saslauthd_path"),
-                    _saslauthd_start)
+            _socket(ctx, service, conf.saslauthd_path, "saslauthd_path", "saslauthd socket",
+                    sasl_where(conf.path, "saslauthd_path"), _saslauthd_start)
 
 
 def _tls_first(ctx: Context, service: Service) -> None:
@@ -53,6 +56,8 @@ def _tls_first(ctx: Context, service: Service) -> None:
     level = p["smtpd_tls_security_level"]
     has_cert = bool(p.raw("smtpd_tls_cert_file") or p["smtpd_tls_chain_files"])
     auth_only = p["smtpd_tls_auth_only"]
+    # Before TLS only smtpd_sasl_security_options apply: with noplaintext no password crosses in clear.
+    no_plaintext = "noplaintext" in {option.lower() for option in p["smtpd_sasl_security_options"]}
     if not has_cert or level == "none":
         why = "smtpd_tls_security_level = none" if has_cert else "no certificate is configured"
         where = ctx.where(p, "smtpd_tls_security_level" if has_cert else "smtpd_sasl_auth_enable")
@@ -60,6 +65,8 @@ def _tls_first(ctx: Context, service: Service) -> None:
         enable = ("smtpd_tls_security_level = may" if has_cert else
                   f"smtpd_tls_cert_file = {cert}\nsmtpd_tls_key_file = {key}\n"
                   f"(make them: smarthost cert selfsigned --cn {p['myhostname']} --cert {cert} --key {key})")
+        if no_plaintext and not auth_only:
+            return
         if auth_only:
             ctx.out.add(WARNING, where, f"service {service.name}: AUTH is enabled but never offered: it needs TLS "
                         f"(smtpd_tls_auth_only = yes) and the service has none ({why})", enable, "auth.no-tls")
@@ -67,7 +74,7 @@ def _tls_first(ctx: Context, service: Service) -> None:
             ctx.out.add(ERROR, ctx.where(p, "smtpd_tls_auth_only"),
                         f"service {service.name}: AUTH without TLS ({why}): passwords cross the network in clear",
                         "smtpd_tls_auth_only = yes\n" + enable, "auth.plaintext")
-    elif not auth_only and level != "encrypt":
+    elif not auth_only and not no_plaintext and level != "encrypt":
         ctx.out.add(ERROR, ctx.where(p, "smtpd_tls_auth_only"),
                     f"service {service.name}: AUTH is offered before STARTTLS (smtpd_tls_auth_only = no): "
                     "clients may send passwords in clear", "smtpd_tls_auth_only = yes", "auth.plaintext")
@@ -100,47 +107,44 @@ def _sasl_warnings(ctx: Context, conf: SaslConf) -> None:
 
 
 def _dovecot_socket(ctx: Context, service: Service, conf: SaslConf) -> None:
-    p = service.params
-    where = ctx.where(p, "smtpd_sasl_path")
+    where = ctx.where(service.params, "smtpd_sasl_path")
     path = conf.dovecot_path
-    if not path.startswith("/"):
-        absolute = f"{p['queue_directory'].rstrip('/')}/{path}"
-        ctx.out.add(WARNING, where,
-                    f"smtpd_sasl_path = {path} is relative: Postfix reads it inside queue_directory, smarthost "
-                    "from its working directory", f"write the whole path: smtpd_sasl_path = {absolute}",
-                    "auth.socket")
-        path = absolute
 
     def start(directory: str) -> str:
-        return (f"let Dovecot listen there (service auth {{ unix_listener {path} {{ ... }} }}), "
-                f"or run: smarthost authd --dovecot {path}")
+        looked = auth_socket(path, "smtpd_sasl_path", service=service.name,
+                             queue_directory=service.params["queue_directory"], chroot=service.chroot).path
+        return (f"let Dovecot listen there (service auth {{ unix_listener {looked} {{ ... }} }}), "
+                f"or run: smarthost authd --dovecot {looked}")
 
-    _socket(ctx, service, path, "Dovecot auth socket", where, start)
+    _socket(ctx, service, path, "smtpd_sasl_path", "Dovecot auth socket", where, start)
 
 
 def _saslauthd_start(directory: str) -> str:
     return f"start it there: smarthost authd -m {directory}  (or Cyrus: saslauthd -a pam -m {directory})"
 
 
-def _socket(ctx: Context, service: Service, path: str, what: str, where, start) -> None:
-    """Is the socket at ``path`` (inside the chroot, for a chrooted service) there, a socket,
-    listened on, and reachable by mail_owner?"""
+def _socket(ctx: Context, service: Service, path: str, parameter: str, what: str, where, start) -> None:
+    """Is the socket configured as ``path`` there (where the server looks: inside the chroot for
+    a chrooted service), a socket, listened on, and reachable by mail_owner?"""
     p = service.params
     queue_dir = p["queue_directory"].rstrip("/") or "/"
-    looked = f"{queue_dir}/{path.lstrip('/')}" if service.chroot else path
-    chrooted = (f"service {service.name} runs chrooted in {queue_dir} (chroot column y at "
-                f"{service.file}:{service.line}), so it looks for the {what} at {looked}")
+    looked = auth_socket(path, parameter, service=service.name, queue_directory=p["queue_directory"],
+                         chroot=service.chroot).path
+    chrooted = (f"service {service.name} has chroot column y ({service.file}:{service.line}), so, as a chrooted "
+                f"Postfix smtpd, it resolves {parameter} inside {queue_dir} and looks for the {what} at {looked}")
+    relative = "" if looked == path else f" ({parameter} {path} is relative to queue_directory)"
     try:
         st = os.stat(looked)
     except FileNotFoundError:
         if service.chroot:
-            outside = " (there is one at that path outside the chroot)" if _is_socket(path) else ""
+            outside = (" (there is one at that path outside the chroot)"
+                       if path.startswith("/") and _is_socket(path) else "")
             directory = os.path.dirname(looked)
             ctx.out.add(ERROR, service_where(service), f"{chrooted}, which does not exist{outside}",
                         f"{start(directory)}\nor set the chroot column of {service.file}:{service.line} to n",
                         "auth.socket")
         else:
-            ctx.out.add(ERROR, where, f"the {what} {looked} does not exist: every AUTH fails with 454",
+            ctx.out.add(ERROR, where, f"the {what} {looked}{relative} does not exist: every AUTH fails with 454",
                         f"{start(os.path.dirname(looked))}\nor name the socket the daemon uses", "auth.socket")
         return
     except OSError as e:

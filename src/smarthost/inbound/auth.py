@@ -16,6 +16,14 @@ The SMTP core parses AUTH (``smtp/server.py``) and the SASL mechanisms run the e
 - ``smtpd_sasl_type = dovecot``: the whole exchange is relayed to a Dovecot auth socket
   (``smtpd_sasl_path``), ours or a real Dovecot's (:class:`DovecotRelay`).
 
+Where the sockets are (:func:`auth_socket`), as a Postfix smtpd finds them: a relative path
+(Dovecot's ``private/auth``) is relative to ``queue_directory``, and for a service whose
+``master.cf`` chroot column is ``y`` an absolute path is inside the chroot, i.e.
+``queue_directory`` + path. smarthost does not chroot its workers (one worker serves every
+service), but it looks for the sockets where a chrooted smtpd would, so a configuration that
+works with Postfix works here, and the other way round. When a socket cannot be reached the
+reason names the path tried and how it was found.
+
 Whatever goes wrong on the way (a missing, slow or garbled daemon) is a temporary failure
 (``454 4.7.0``), never a success and never a hang: every call has a timeout.
 """
@@ -25,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 
 from smarthost.authd.cache import CredentialCache
 from smarthost.authd.client import AuthResult, AuthStatus, DovecotAuthClient, saslauthd_check
@@ -38,10 +47,41 @@ CACHE_SECONDS = 300.0  # how long a successful user-database check is remembered
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSocket:
+    """An auth daemon's socket as the service uses it: ``path`` is where it connects; ``note``
+    says how ``path`` was found when it is not the configured value (for the log)."""
+
+    path: str
+    note: str = ""
+
+    def explain(self, reason: str) -> str:
+        """``reason`` with the note when it names ``path``, e.g. ``cannot reach saslauthd at
+        /var/spool/smarthost/var/run/saslauthd/mux: ... (saslauthd_path resolved inside the chroot
+        of service submission)``."""
+        return f"{reason} ({self.note})" if self.note and self.path in reason else reason
+
+
+def auth_socket(path: str, parameter: str, *, service: str, queue_directory: str, chroot: bool) -> AuthSocket:
+    """Where a Postfix smtpd of ``service`` would find the socket configured as ``path``
+    (``parameter`` names the setting: ``saslauthd_path`` or ``smtpd_sasl_path``).
+
+    A relative path is relative to ``queue_directory`` (Postfix's daemons work there); an
+    absolute one is as written, except for a chrooted service, whose root is ``queue_directory``.
+    """
+    if path.startswith("/") and not chroot:
+        return AuthSocket(path)
+    queue = PurePosixPath(queue_directory or "/")
+    resolved = str(queue / path.lstrip("/"))
+    if chroot:
+        return AuthSocket(resolved, f"{parameter} resolved inside the chroot of service {service}")
+    return AuthSocket(resolved, f"{parameter} resolved against queue_directory")
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     """What a service's sessions need for AUTH."""
 
-    mechanisms: tuple[str, ...]
+    mechanisms: tuple[str, ...]  # before TLS (smtpd_sasl_security_options)
     service: str  # smtpd_sasl_service: passed to saslauthd (and so to PAM)
     realm: str  # smtpd_sasl_local_domain
     requires_tls: bool  # smtpd_tls_auth_only
@@ -49,13 +89,15 @@ class AuthSettings:
     authenticated_header: bool  # smtpd_sasl_authenticated_header
     rate_limit: int = 0  # smtpd_client_auth_rate_limit (0: none)
     rate_unit: float = 60.0  # anvil_rate_time_unit
+    tls_mechanisms: tuple[str, ...] | None = None  # once TLS is up (smtpd_sasl_tls_security_options); None: the same
 
 
 class PasswordChecker:
     """Answers the mechanisms' CheckPassword / NeedScramCredentials requests."""
 
-    def __init__(self, conf: SaslConf) -> None:
+    def __init__(self, conf: SaslConf, saslauthd: AuthSocket | None = None) -> None:
         self.conf = conf
+        self.saslauthd = saslauthd or AuthSocket(conf.saslauthd_path)  # where saslauthd_path is, see auth_socket()
         self.secret = secrets.token_bytes(32)  # SCRAM's fake salts for unknown users
         self._userdb = UserDB(conf.sasldb_path) if conf.sasldb_path and "auxprop" in conf.pwcheck_methods else None
         self._pool: ThreadPoolExecutor | None = None
@@ -77,8 +119,10 @@ class PasswordChecker:
         temporary = ""
         for method in self.conf.pwcheck_methods:
             if method == "saslauthd":
-                result = await saslauthd_check(self.conf.saslauthd_path, login, password, service, realm,
+                result = await saslauthd_check(self.saslauthd.path, login, password, service, realm,
                                                timeout=AUTH_TIMEOUT)
+                if result.status is AuthStatus.TEMPFAIL:
+                    result = replace(result, reason=self.saslauthd.explain(result.reason))
             elif self._cache.hit(login, password, service, realm):
                 result = AuthResult(AuthStatus.OK)
             else:
@@ -116,8 +160,9 @@ class PasswordChecker:
 class DovecotRelay:
     """``smtpd_sasl_type = dovecot``: the exchange goes to a Dovecot auth socket as it is."""
 
-    def __init__(self, socket_path: str, service: str) -> None:
-        self.client = DovecotAuthClient(socket_path, timeout=AUTH_TIMEOUT, service=service)
+    def __init__(self, socket: AuthSocket | str, service: str) -> None:
+        self.socket = AuthSocket(socket) if isinstance(socket, str) else socket
+        self.client = _DovecotClient(self.socket, timeout=AUTH_TIMEOUT, service=service)
 
     def mechanisms_now(self) -> tuple[str, ...] | None:
         """Ask the daemon which mechanisms it offers (at start); None when it can not be reached."""
@@ -125,3 +170,17 @@ class DovecotRelay:
         if isinstance(result, AuthResult):
             return None
         return tuple(m.name.upper() for m in result)
+
+
+class _DovecotClient(DovecotAuthClient):
+    """A Dovecot auth client whose failures to connect also say how the path was found."""
+
+    def __init__(self, socket: AuthSocket, **kwargs) -> None:
+        super().__init__(socket.path, **kwargs)
+        self._socket = socket
+
+    async def start(self, mechanism: str, initial_response: bytes | None = None, **kwargs):
+        exchange = await super().start(mechanism, initial_response, **kwargs)
+        if exchange.result.status is AuthStatus.TEMPFAIL:
+            exchange.result = replace(exchange.result, reason=self._socket.explain(exchange.result.reason))
+        return exchange

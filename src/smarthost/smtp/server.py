@@ -52,7 +52,13 @@ Choices made here:
 
 AUTH (RFC 4954):
 
-* Without ``auth_mechanisms`` AUTH is an unknown command (``500``), as it
+* Two mechanism lists, as Postfix has two sets of security options:
+  ``auth_mechanisms`` before TLS (``smtpd_sasl_security_options``) and
+  ``auth_tls_mechanisms`` once TLS is up (``smtpd_sasl_tls_security_options``;
+  ``None``: the same list).  EHLO advertises, and AUTH accepts, the list of
+  the current state; a mechanism offered only after TLS is answered ``538
+  5.7.11`` before it (RFC 4954 §6), without looking at the credentials.
+* Without any mechanism AUTH is an unknown command (``500``), as it
   was before AUTH existed.  (Postfix answers ``503 5.5.1 Error:
   authentication not enabled``; a server that offers no AUTH extension does
   not know the verb.)
@@ -145,14 +151,17 @@ class ServerSettings:
     max_command_line: int = 512  # RFC 5321 §4.5.3.1.4, CRLF included
     max_pending_input: int = 1 << 20  # unread command input held; only reached when the shell keeps feeding while PAUSED
     extra_capabilities: tuple[str, ...] = ()  # EHLO lines added after STARTTLS and AUTH
-    auth_mechanisms: tuple[str, ...] = ()  # SASL mechanisms offered, upper case; empty: AUTH off
+    auth_mechanisms: tuple[str, ...] = ()  # SASL mechanisms offered before TLS, upper case
+    auth_tls_mechanisms: tuple[str, ...] | None = None  # offered once TLS is up; None: auth_mechanisms
     auth_requires_tls: bool = True  # smtpd_tls_auth_only: no AUTH (not even advertised) before TLS
     max_auth_failures: int = 3  # failed AUTH exchanges per session, then 421
     max_sasl_response: int = 12288  # smtpd_sasl_response_limit: octets of one base64 response line
     broken_sasl_auth_clients: bool = False  # also advertise the pre-RFC "AUTH=" line (old Outlook)
 
     def __post_init__(self) -> None:
-        for name in self.auth_mechanisms:
+        if self.auth_tls_mechanisms is None:
+            object.__setattr__(self, "auth_tls_mechanisms", self.auth_mechanisms)
+        for name in (*self.auth_mechanisms, *self.auth_tls_mechanisms):
             if not _MECHANISM_NAME.fullmatch(name):
                 raise ValueError(f"bad SASL mechanism name {name!r} (RFC 4422 §3.1: 1-20 of A-Z 0-9 - _)")
         if self.max_auth_failures < 1 or self.max_sasl_response < 1:
@@ -288,6 +297,8 @@ _UTF8_VERBS = frozenset({"MAIL", "RCPT"})  # RFC 6531 §3.3: UTF-8 only in paths
 # RFC 4954 §4: AUTH with an initial response may be followed by pipelined
 # commands only for one-round-trip mechanisms without a security layer.
 _ONE_ROUND_TRIP = frozenset({"PLAIN", "EXTERNAL"})
+# RFC 4954 §6: the mechanism may be used only under an encryption layer (STARTTLS first).
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 _AUTH_PREFIX_LEN = 32  # room for "AUTH " + a 20-octet mechanism + " " + CRLF on an AUTH line
 
 
@@ -315,6 +326,7 @@ class ServerConnection:
         self.auth_failures = 0  # failed AUTH exchanges in this session
         self._auth_mechanism: str | None = None  # the mechanism of the exchange in progress
         self._auth_may_pipeline = False  # the pending AuthStart may be followed by commands
+        self._auth_known = bool(settings.auth_mechanisms or settings.auth_tls_mechanisms)  # AUTH is a command
 
     # The shell's interface ------------------------------------------------
 
@@ -515,8 +527,9 @@ class ServerConnection:
             caps.append("VRFY")
         if settings.starttls_available and not self.session.tls_active:
             caps.append("STARTTLS")  # RFC 3207
-        if settings.auth_mechanisms and not self._auth_needs_tls():
-            mechanisms = " ".join(settings.auth_mechanisms)
+        offered = self._auth_offered()
+        if offered and not self._auth_needs_tls():
+            mechanisms = " ".join(offered)
             caps.append(f"AUTH {mechanisms}")  # RFC 4954 §3
             if settings.broken_sasl_auth_clients:
                 caps.append(f"AUTH={mechanisms}")  # what clients from before RFC 2554 look for
@@ -556,7 +569,7 @@ class ServerConnection:
         return self._is_auth_line(buf, pos) and length <= self.settings.max_sasl_response + _AUTH_PREFIX_LEN
 
     def _is_auth_line(self, buf: bytearray, pos: int) -> bool:
-        return bool(self.settings.auth_mechanisms) and buf[pos : pos + 5].upper() == b"AUTH "
+        return self._auth_known and buf[pos : pos + 5].upper() == b"AUTH "
 
     def _line_too_long(self, buf: bytearray, pos: int) -> None:
         if self._is_auth_line(buf, pos):
@@ -612,6 +625,11 @@ class ServerConnection:
             reply = Reply(421, "4.7.0", f"{self.settings.hostname} Error: too many failed authentications")
             self._close(reply, "too many failed authentications")
 
+    def _auth_offered(self) -> tuple[str, ...]:
+        """The mechanisms of the current state: before TLS, or once it is up."""
+        settings = self.settings
+        return settings.auth_tls_mechanisms if self.session.tls_active else settings.auth_mechanisms
+
     def _auth_needs_tls(self) -> bool:
         settings = self.settings
         return (settings.auth_requires_tls or settings.tls_required) and not self.session.tls_active
@@ -626,7 +644,7 @@ class ServerConnection:
                 line = ""
         verb, argument = split_command(line)
         command = _COMMANDS.get(verb)
-        if command is _AUTH_COMMAND and not self.settings.auth_mechanisms:
+        if command is _AUTH_COMMAND and not self._auth_known:
             command = None  # without mechanisms the server does not know AUTH (RFC 5321 §4.2.4: 500)
         self.counters[verb.lower() if command else "unknown"] += 1
         self.last_verb = verb if command else "UNKNOWN"
@@ -787,8 +805,11 @@ class ServerConnection:
             self._error("AUTH", replies.MUST_STARTTLS)  # the credentials are not looked at
         elif not mechanism or " " in response:
             self._error("AUTH", replies.syntax("AUTH mechanism [initial-response]"))
-        elif mechanism not in settings.auth_mechanisms:
-            self._error("AUTH", replies.UNSUPPORTED_MECHANISM)
+        elif mechanism not in self._auth_offered():
+            if not self.session.tls_active and mechanism in settings.auth_tls_mechanisms:
+                self._error("AUTH", ENCRYPTION_REQUIRED)  # RFC 4954 §6: offered after STARTTLS only
+            else:
+                self._error("AUTH", replies.UNSUPPORTED_MECHANISM)
         else:
             self.state = State.AUTH
             self._auth_mechanism = mechanism
