@@ -559,3 +559,56 @@ async def test_notify_success_gets_a_relayed_notice_unless_the_next_hop_speaks_d
     await h.settle()
     assert len(h.smtp.for_address("alice@example.org")) == 1
     await h.stop()
+
+
+async def _retry_until(h: Harness, queue_id: str, age: float) -> None:
+    """Let the deferred message be retried on its schedule until it has been queued ``age`` seconds."""
+    while True:
+        entry = h.store.get(queue_id)
+        if entry.next_attempt - T0 > age:
+            return
+        h.clock.now = entry.next_attempt
+        await h.settle()
+
+
+@run_async
+async def test_delay_warning_is_sent_once_after_delay_warning_time(harness) -> None:
+    h = harness({"delay_warning_time": "1h", "minimal_backoff_time": "300s", "maximal_backoff_time": "4000s"})
+    h.smtp.script["bob@example.net"] = reply(451, "4.7.1", "greylisted, try later")
+    queue_id = await h.submit("alice@example.org", ["bob@example.net"])
+    h.start()
+    await h.until(lambda: h.state(queue_id) is QueueState.DEFERRED, "the first deferral")
+    await _retry_until(h, queue_id, 3000)
+    assert h.smtp.for_address("alice@example.org") == []  # not yet an hour
+    assert not h.maillog.grep("delay notification")
+    await _retry_until(h, queue_id, 6 * 3600)  # past the hour, and several more attempts
+    assert len(h.smtp.for_address("bob@example.net")) > 5
+    [line] = h.maillog.grep(f"{queue_id}: sender delay notification: ")
+    [notice] = h.smtp.for_address("alice@example.org")
+    assert notice.queue_id == line.rsplit(" ", 1)[1] and notice.envelope.sender == ""
+    assert b"Subject: Delayed Mail (still being retried)" in notice.body
+    assert b"Action: delayed" in notice.body and b"Status: 4.7.1" in notice.body
+    assert b"451 4.7.1 greylisted, try later" in notice.body
+    assert b"Will-Retry-Until: " in notice.body
+    assert h.state(queue_id) is QueueState.DEFERRED  # the message itself is still being retried
+    await h.stop()
+
+
+@pytest.mark.parametrize(("delay_warning_time", "notify"), [
+    ("0h", ("DELAY",)),  # Postfix's default: no warnings, even when NOTIFY=DELAY asks for one
+    ("1h", ("NEVER",)),
+    ("1h", ("FAILURE",)),
+])
+@run_async
+async def test_no_delay_warning_when_off_or_not_wanted(harness, delay_warning_time, notify) -> None:
+    h = harness({"delay_warning_time": delay_warning_time, "minimal_backoff_time": "300s"})
+    h.smtp.script["bob@example.net"] = reply(451, "4.7.1", "try later")
+    envelope = Envelope("alice@example.org", (Recipient("bob@example.net", notify=notify),), arrival=T0)
+    queue_id = await h.store.submit(envelope, BODY)
+    h.start()
+    await h.until(lambda: h.state(queue_id) is QueueState.DEFERRED, "the first deferral")
+    await _retry_until(h, queue_id, 3 * 3600)
+    assert len(h.smtp.for_address("bob@example.net")) > 3
+    assert h.smtp.for_address("alice@example.org") == []
+    assert not h.maillog.grep("delay notification")
+    await h.stop()

@@ -27,6 +27,10 @@ Bounces of bounces (Postfix's bounce(8) rules): a failed message from ``<>`` is 
 address is logged and discarded. SAFE: our ``notify_classes`` default adds ``2bounce`` to
 Postfix's ``resource, software``, so no undeliverable bounce disappears silently.
 
+Delay warnings: with ``delay_warning_time`` set (default 0: off, as in Postfix), the first
+deferral at least that long after arrival sends the sender one RFC 3464 ``Action: delayed``
+notice ("sender delay notification: ID"); NOTIFY without DELAY (e.g. NEVER) suppresses it.
+
 Expiry: a message still deferred after ``maximal_queue_lifetime`` (``bounce_queue_lifetime``
 for ``<>``) is returned to the sender ("status=expired, returned to sender").
 
@@ -62,9 +66,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from smarthost.queue.bounce import Failure, make_bounce, make_success_notice
+from smarthost.queue.bounce import Failure, make_bounce, make_delay_notice, make_success_notice
 from smarthost.queue.ids import new_queue_id
-from smarthost.queue.schedule import RetryParams, next_attempt
+from smarthost.queue.schedule import RetryParams, delay_warning_due, delay_warning_sent, next_attempt
 from smarthost.queue.store import (
     CorruptEntry,
     Envelope,
@@ -749,6 +753,8 @@ class QueueManager:
         bounced = sorted(i for i, o in results.items() if o.status is Status.BOUNCED)
         if bounced:
             await self._notify_failure(active, bounced, results, now)
+        if deferred:
+            await self._notify_delay(active, sorted(deferred), results, now)
         await self._notify_success(active, results, now)
         for forward in active.forwards:
             new_id = await self.store.submit(
@@ -797,6 +803,42 @@ class QueueManager:
         envelope = Envelope(sender, (Recipient(notice.recipient),), protocol="local", arrival=now)
         await self.store.submit(envelope, notice.message, queue_id=notice_id)
         self.maillog.log(f"{entry.id}: {label} non-delivery notification: {notice_id}")
+
+    async def _notify_delay(self, active: _Active, deferred: list[int], results: dict[int, Outcome], now: float) -> None:
+        """``delay_warning_time``: one "delayed mail" notice (RFC 3464 ``Action: delayed``) to the
+        sender, at the first deferral at least that long after arrival (queue/schedule.py tells
+        whether an earlier attempt already sent it). As in Postfix, nothing is sent while
+        ``delay_warning_time`` is 0 (the default), also not for NOTIFY=DELAY, which RFC 3461 §4.1
+        makes a request the MTA may decline; NOTIFY without DELAY (e.g. NEVER) suppresses it per
+        recipient. Never to the null sender or for the double-bounce address."""
+        entry = active.entry
+        env = entry.envelope
+        assert env is not None
+        settings = self.settings
+        retry = settings.retry
+        if env.sender.lower() == settings.double_bounce_address.lower():
+            return
+        if not delay_warning_due(entry.arrival, now, retry, null_sender=not env.sender,
+                                 already_sent=delay_warning_sent(entry.arrival, entry.next_attempt, retry)):
+            return
+        delayed = []
+        for i in deferred:
+            outcome = results[i]
+            relay = active.relays.get(i, "none")
+            remote = relay.partition("[")[0] if outcome.reply is not None and "[" in relay else None
+            delayed.append(Failure(env.recipients[i].address, outcome.enhanced, outcome.text, remote))
+        notice_id = new_queue_id()
+        notice = make_delay_notice(
+            env, active.body, delayed, queue_id=entry.id, reporting_mta=settings.myhostname, now=now,
+            message_id=f"{notice_id}@{settings.myhostname}", arrival=entry.arrival,
+            bounce_size_limit=settings.bounce_size_limit,
+            will_retry_until=entry.arrival + retry.maximal_queue_lifetime,
+        )
+        if notice is None:  # NOTIFY without DELAY for every delayed recipient
+            return
+        envelope = Envelope("", (Recipient(notice.recipient),), protocol="local", arrival=now)
+        await self.store.submit(envelope, notice.message, queue_id=notice_id)
+        self.maillog.log(f"{entry.id}: sender delay notification: {notice_id}")
 
     async def _notify_success(self, active: _Active, results: dict[int, Outcome], now: float) -> None:
         """RFC 3461 §4.1 NOTIFY=SUCCESS: tell the sender what was delivered here (action

@@ -16,7 +16,12 @@ Postfix's parameters (postconf(5), qmgr(8)):
   mail, i.e. bounces): once a message has been queued this long, the next
   temporary failure returns it as undeliverable.  0 means "try once".
 * ``delay_warning_time``: one warning after the message has waited this
-  long; 0 turns warnings off; never for the null sender.
+  long; 0 (Postfix's default, ``0h``) turns warnings off; never for the null
+  sender.  Whether it was already sent is derived, not stored: the warning goes
+  out with the first failed attempt that ends at least ``delay_warning_time``
+  after arrival, and :func:`delay_warning_sent` tells from the time an attempt
+  was due (which the previous failed attempt computed with :func:`next_attempt`)
+  whether that previous attempt had already crossed the threshold.
 """
 
 from __future__ import annotations
@@ -56,10 +61,27 @@ def next_attempt(
     lifetime = params.bounce_queue_lifetime if null_sender else params.maximal_queue_lifetime
     if age >= lifetime:
         return None
+    return now + _backoff(age, params)
+
+
+def _backoff(age: float, params: RetryParams) -> float:
     # Postfix's order: cap at the maximum, then raise to the minimum (which wins if they cross).
     delay = min(age, params.maximal_backoff_time)
-    delay = max(delay, params.minimal_backoff_time, params.queue_run_delay)
-    return now + delay
+    return max(delay, params.minimal_backoff_time, params.queue_run_delay)
+
+
+def delay_warning_sent(first_arrival: float, due: float, params: RetryParams) -> bool:
+    """Whether the failed attempt that scheduled the current one (due at ``due``) was already
+    ``delay_warning_time`` or more after arrival, i.e. sent the warning.
+
+    :func:`next_attempt` gives ``due = t + backoff(t - arrival)`` for the previous attempt's end
+    ``t``, which grows with ``t``; so ``t >= arrival + delay_warning_time`` exactly when ``due``
+    is at least what that threshold would have given. A fresh message (``due`` = arrival) has had
+    no attempt. (An operator's flush, release or requeue changes ``due``; a warning may then be
+    sent twice, never lost.)
+    """
+    threshold = first_arrival + params.delay_warning_time
+    return due >= threshold + _backoff(params.delay_warning_time, params)
 
 
 def delay_warning_due(
