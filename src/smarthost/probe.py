@@ -24,8 +24,8 @@ Exit status (:attr:`ProbeReport.exit_status`): 0 all good, 1 a problem found (ea
 TLS, a failed login or test message, an open relay), 2 could not connect.
 Every network step has a timeout. The password never appears in the report, its repr or logs.
 
-The certificate chain: Python before 3.13 exposes only the server's own certificate; from 3.13
-the whole chain the server sent is shown (``SSLObject.get_unverified_chain``).
+The certificate chain is the whole chain the server sent, leaf first (``SSLObject.get_unverified_chain``,
+public from Python 3.13, reached through the underlying object on 3.10-3.12: :func:`peer_chain`).
 """
 
 from __future__ import annotations
@@ -265,6 +265,20 @@ def tls_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
+def peer_chain(obj: ssl.SSLObject) -> list[bytes]:
+    """The certificates the server sent, leaf first, as DER (before any verification, so also
+    when it failed). ``SSLObject.get_unverified_chain`` is public from Python 3.13; on 3.10-3.12
+    the same method exists on the underlying ``_ssl._SSLSocket`` (``obj._sslobj``) and returns
+    ``_ssl.Certificate`` objects. [] when neither is there."""
+    public = getattr(obj, "get_unverified_chain", None)
+    if public is not None:
+        return [bytes(der) for der in public() or ()]
+    inner = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)  # Python 3.10-3.12
+    if inner is None:
+        return []
+    return [ssl.PEM_cert_to_DER_cert(cert.public_bytes()) for cert in inner() or ()]  # public_bytes: PEM
+
+
 def relay_probes(domain: str, foreign: str) -> list[RelayProbe]:
     """The classic unauthenticated relay tricks: a foreign sender and recipient, then the
     address forms old mailers routed onward (RFC 1123 §5.2.16 ``%``, quoted ``@``, the RFC 5321
@@ -496,8 +510,7 @@ class _Prober:
             facts.protocol = obj.version() or ""
             if cipher:
                 facts.cipher, facts.bits = cipher[0], int(cipher[2] or 0)
-            chain = getattr(obj, "get_unverified_chain", None)  # Python 3.13+
-            ders = list(chain()) if chain is not None else []
+            ders = peer_chain(obj)
             if not ders:
                 leaf = obj.getpeercert(binary_form=True)
                 ders = [leaf] if leaf else []

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
+from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "interop"))
 
@@ -270,3 +272,32 @@ def test_auth_offered_before_tls_is_a_problem_however_the_session_goes_on(plaint
     assert main(["probe", f"127.0.0.1:{plaintext_auth.ports[port]}", "--ca", ca(plaintext_auth), *mode]) == 1
     out = capsys.readouterr().out
     assert "  - AUTH is offered before TLS (" in out and "Result: " in out and "Result: OK" not in out
+
+
+def test_the_whole_chain_the_server_sends_is_reported(tmp_path, capsys, monkeypatch):
+    # A certificate signed by an intermediate CA: the server sends leaf + intermediate.
+    root = trustme.CA()
+    intermediate = root.create_child_ca()
+    leaf = intermediate.issue_cert("127.0.0.1", "mx.example.test")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(tls / "key.pem"))
+    (tls / "key.pem").chmod(0o600)
+    root.cert_pem.write_to_path(str(tls / "root.pem"))
+    port = free_port()
+    instance = SmarthostInstance(tmp_path, {"smtpd_tls_cert_file": str(tls / "cert.pem"),
+                                            "smtpd_tls_key_file": str(tls / "key.pem")},
+                                 f"127.0.0.1:{port} inet n - n - - smtpd\n")
+    instance.config_dir.mkdir(parents=True)
+    instance.start()
+    try:
+        status, r = probe(capsys, monkeypatch, f"127.0.0.1:{port}", "--ca", str(tls / "root.pem"))
+    finally:
+        instance.stop()
+    assert status == 0, r
+    sent = [x509.load_pem_x509_certificate(blob.bytes()) for blob in leaf.cert_chain_pems]
+    assert len(sent) == 2
+    assert [c["fingerprint"] for c in r["tls"]["chain"]] == [certs.fingerprint(c) for c in sent]
+    assert r["tls"]["chain"][0]["issuer"] == r["tls"]["chain"][1]["subject"] == sent[1].subject.rfc4514_string()
+    assert r["tls"]["verified"] is True
