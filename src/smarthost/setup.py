@@ -40,7 +40,7 @@ from smarthost.tables import TableError
 from smarthost.tables.lmdbtable import compile_file
 
 AUXPROP, SASLAUTHD = "auxprop", "saslauthd"
-DEFAULT_AUTHD_SOCKET_DIR = "/var/run/smarthost-authd"
+DEFAULT_AUTHD_SOCKET_DIR = "/var/run/saslauthd"  # smarthost authd's default -m, as Cyrus saslauthd's
 DEFAULT_MAIL_OWNER = "vmail"
 #: Used for virtual_uid_maps when the mail owner does not exist yet (the next steps create it).
 FALLBACK_MAIL_UID = 5000

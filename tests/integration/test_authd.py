@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import io
 import os
+import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -317,3 +319,61 @@ def test_stale_socket_is_replaced(tmp_path, passwd_file):
     result, _ = run_with_daemon(tmp_path, passwd_file, body)
     assert result.ok
     assert not os.path.exists(run / "mux")
+
+
+# --- the default socket directory: Cyrus saslauthd's /var/run/saslauthd ------------------------
+
+
+def test_the_default_socket_is_where_sasl_smtpd_conf_looks_by_default():
+    # The recipe's two-line sasl/smtpd.conf has no saslauthd_path: Cyrus's default must reach us.
+    from smarthost.authd.daemon import DEFAULT_SOCKET_DIR, SOCKET_NAME
+    from smarthost.config.saslconf import DEFAULT_SASLAUTHD_PATH
+    from smarthost.setup import DEFAULT_AUTHD_SOCKET_DIR
+
+    assert f"{DEFAULT_SOCKET_DIR}/{SOCKET_NAME}" == DEFAULT_SASLAUTHD_PATH == "/var/run/saslauthd/mux"
+    assert DEFAULT_AUTHD_SOCKET_DIR == DEFAULT_SOCKET_DIR
+
+
+def in_private_saslauthd_dir(private: Path, *argv: str) -> list[str]:
+    """``argv`` run in its own mount namespace where ``private`` is bound over /var/run/saslauthd,
+    so the machine's own saslauthd directory is never touched (what appears there is in ``private``)."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not os.path.isdir("/var/run/saslauthd"):
+        pytest.skip("needs root, unshare and /var/run/saslauthd to bind a private directory over it")
+    command = " ".join(shlex.quote(a) for a in argv)
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount --bind {shlex.quote(str(private))} /var/run/saslauthd && exec {command}"]
+
+
+@pytest.fixture
+def private_run(tmp_path):
+    path = tmp_path / "saslauthd"
+    path.mkdir(mode=0o710)
+    return path
+
+
+def test_without_m_the_daemon_listens_on_var_run_saslauthd(tmp_path, private_run, passwd_file):
+    argv = in_private_saslauthd_dir(private_run, *SMARTHOST, "-c", str(tmp_path), "authd", "-a", "passwd",
+                                    "-O", str(passwd_file), "-d")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(private_run / "mux", proc)  # = /var/run/saslauthd/mux inside its namespace
+        assert check(private_run / "mux", "alice", PASSWORD).ok
+        assert check(private_run / "mux", "alice", "wrong").status is AuthStatus.NO
+        # A second daemon on the same default path finds this live one and leaves it alone.
+        second = subprocess.run(in_private_saslauthd_dir(private_run, *SMARTHOST, "-c", str(tmp_path), "authd",
+                                                         "-a", "passwd", "-O", str(passwd_file), "-d"),
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "another auth daemon is listening on /var/run/saslauthd/mux (a Cyrus saslauthd?)" in second.stderr
+        assert "-m DIR" in second.stderr
+        assert check(private_run / "mux", "alice", PASSWORD).ok
+    finally:
+        proc.kill()  # like a crash: the socket file stays behind, nobody listens
+        proc.wait()
+    assert (private_run / "mux").exists()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_socket(private_run / "mux", proc)  # the stale socket was replaced
+        assert check(private_run / "mux", "alice", PASSWORD).ok
+    finally:
+        assert "listening on /var/run/saslauthd/mux" in stop(proc)

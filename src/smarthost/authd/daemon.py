@@ -7,8 +7,8 @@ with ``smtpd_sasl_type = dovecot``). Checks run in a thread pool, because backen
 Sockets and permissions: the socket directory is created ``0710`` when missing (an existing
 directory keeps its owner and mode: give it the group of the SMTP workers, as Debian does with
 ``root:sasl`` for saslauthd); the sockets themselves are ``0666``, the directory is the access
-control. A stale socket left by a crash is replaced; a live one (another daemon answering) stops
-the start. ``SOCKDIR/authd.pid`` holds the pid while running. SIGTERM or SIGINT: stop accepting,
+control. A stale socket left by a crash is replaced; a live one (another daemon answering, such
+as Debian's saslauthd on the default ``/var/run/saslauthd``) stops the start: it is never taken over. ``SOCKDIR/authd.pid`` holds the pid while running. SIGTERM or SIGINT: stop accepting,
 remove the sockets and the pid file, exit 0.
 
 One mail log line per attempt, never with the password::
@@ -37,7 +37,9 @@ from smarthost.authd.backends import Backend, BackendError
 from smarthost.authd.cache import CredentialCache
 from smarthost.maillog import MailLog
 
-DEFAULT_SOCKET_DIR = "/var/run/smarthost-authd"
+# Cyrus saslauthd's own default (its -m), so that a sasl/smtpd.conf without saslauthd_path — the
+# recipe's two lines — reaches this daemon at /var/run/saslauthd/mux as it would reach saslauthd.
+DEFAULT_SOCKET_DIR = "/var/run/saslauthd"
 SOCKET_NAME = "mux"
 PID_NAME = "authd.pid"
 REQUEST_TIMEOUT = 10.0  # seconds for a saslauthd client to send its request and read the answer
@@ -74,7 +76,10 @@ def bind_unix(path: Path) -> socket.socket:
             except OSError:
                 os.unlink(path)  # nobody listens: left over from a crash
             else:
-                raise DaemonError(f"another auth daemon is listening on {path}")
+                raise DaemonError(
+                    f"another auth daemon is listening on {path} (a Cyrus saslauthd?); stop it first, or give this"
+                    f" one its own directory with -m DIR and name DIR/{path.name} in saslauthd_path of sasl/smtpd.conf"
+                )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))

@@ -2,7 +2,9 @@
 
 ``-a`` picks the backend (``pam``, ``shadow``, ``passwd``, ``userdb``; default ``userdb``, the
 database ``smarthost users`` manages), ``-O`` its file, ``-m`` the socket directory (the socket is
-``SOCKDIR/mux``), ``-c`` turns the credential cache on with a lifetime of ``-t`` seconds, ``-n``
+``SOCKDIR/mux``; default ``/var/run/saslauthd``, Cyrus saslauthd's, which a ``sasl/smtpd.conf``
+without ``saslauthd_path`` names; a daemon already answering there is left alone and the start
+fails), ``-c`` turns the credential cache on with a lifetime of ``-t`` seconds, ``-n``
 sets the number of checking threads, ``-r`` appends the realm to the login (pam, shadow, passwd).
 ``-d`` stays in the foreground; without it the daemon detaches once it listens. The mail log goes
 to stderr, or to ``-l FILE``. ``--dovecot PATH`` also serves Dovecot's auth protocol at PATH.
