@@ -8,7 +8,10 @@ The Postfix parameters map as follows:
   ``smtpd_tls_security_level = encrypt`` and wrapper mode) in either Postfix syntax:
   ``>=TLSv1.2`` or the exclusion list ``!SSLv2, !SSLv3, !TLSv1, !TLSv1.1``. Our default is
   ``>=TLSv1.2`` for both (Postfix allows TLSv1 for opportunistic TLS).
-- ``smtpd_tls_ciphers`` / ``smtpd_tls_mandatory_ciphers`` grades and ``smtpd_tls_exclude_ciphers``.
+- ``smtpd_tls_ciphers`` / ``smtpd_tls_mandatory_ciphers`` grades (TLS 1.2 and below; OpenSSL 3
+  has no MEDIUM ciphers left, so ``high`` and ``medium`` offer the same suites there), minus
+  ``smtpd_tls_exclude_ciphers`` (every level) and ``smtpd_tls_mandatory_exclude_ciphers``
+  (mandatory TLS only).
 - ``smtpd_tls_CAfile`` / ``smtpd_tls_CApath``: trust anchors for client certificates, asked for
   with ``smtpd_tls_ask_ccert``.
 """
@@ -172,8 +175,11 @@ def server_context(params, *, mandatory: bool) -> ssl.SSLContext | None:
     key = params.raw("smtpd_tls_key_file") or cert
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     prefix = "smtpd_tls_mandatory" if mandatory else "smtpd_tls"
+    exclude = list(params["smtpd_tls_exclude_ciphers"])
+    if mandatory:
+        exclude += params["smtpd_tls_mandatory_exclude_ciphers"]
     configure(ctx, protocols=params.raw(f"{prefix}_protocols"), ciphers=params.raw(f"{prefix}_ciphers"),
-              exclude=params["smtpd_tls_exclude_ciphers"], prefix=prefix)
+              exclude=exclude, prefix=prefix)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     pairs = [(cert, key)] if cert else []
     for chain in chain_files:  # each file holds a key followed by its certificate chain

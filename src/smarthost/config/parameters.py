@@ -360,6 +360,7 @@ _TABLE: tuple[Parameter, ...] = (
     _enum("smtpd_tls_ciphers", "medium", _TLS_CIPHER_GRADES),
     _enum("smtpd_tls_mandatory_ciphers", "medium", _TLS_CIPHER_GRADES),
     _list("smtpd_tls_exclude_ciphers"),
+    _list("smtpd_tls_mandatory_exclude_ciphers"),  # in addition, with mandatory TLS
     _bool("smtpd_tls_wrappermode", "no"),
     _bool("smtpd_tls_received_header", "no"),
     # SAFE: Postfix offers AUTH over plaintext by default; we offer it only after TLS.
