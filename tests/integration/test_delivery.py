@@ -45,8 +45,13 @@ class FakeSmarthost:
     def __init__(self, *, tls: ssl.SSLContext | None = None, offer_starttls: bool = True,
                  starttls_reply: bytes = b"220 2.0.0 Ready to start TLS\r\n", auth: bytes = b"PLAIN LOGIN",
                  auth_reply: bytes = b"235 2.7.0 Authentication successful\r\n", drop_in_data: int = 0,
-                 slow_data: int = 0, slowness: float = 0.0) -> None:
+                 slow_data: int = 0, slowness: float = 0.0, implicit_tls: bool = False,
+                 greeting: bytes = b"220 fake.example.test ESMTP\r\n", hold: asyncio.Event | None = None) -> None:
         self.tls = tls
+        self.implicit_tls = implicit_tls  # TLS from the first byte (port 465), ``tls`` is its context
+        self.greeting = greeting
+        self.hold = hold  # when given, the reply to each message's final dot waits for it
+        self.active = self.max_active = 0  # sessions open now, and the most at once
         self.offer_starttls = offer_starttls
         self.starttls_reply = starttls_reply
         self.auth = auth
@@ -60,8 +65,9 @@ class FakeSmarthost:
         self.connections = 0
         self.server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.server = await asyncio.start_server(self._session, host, port,
+                                                 ssl=self.tls if self.implicit_tls else None)
         return self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -73,8 +79,10 @@ class FakeSmarthost:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         buf = bytearray()
-        tls = False
+        tls = self.implicit_tls
 
         async def more() -> bool:
             chunk = await reader.read(65536)
@@ -84,7 +92,10 @@ class FakeSmarthost:
             return bool(chunk)
 
         try:
-            writer.write(b"220 fake.example.test ESMTP\r\n")
+            writer.write(self.greeting)
+            if not self.greeting.startswith(b"220"):
+                await writer.drain()
+                return
             while True:
                 while b"\r\n" not in buf:
                     if not await more():
@@ -129,6 +140,8 @@ class FakeSmarthost:
                         self.slow_data -= 1
                         await asyncio.sleep(self.slowness)  # a slow smarthost: the client gives up first
                         continue
+                    if self.hold is not None:
+                        await self.hold.wait()
                     self.messages.append(message)
                     writer.write(b"250 2.0.0 Ok: queued as FAKE%d\r\n" % len(self.messages))
                 elif verb == b"QUIT":
@@ -141,6 +154,7 @@ class FakeSmarthost:
         except (ConnectionError, ssl.SSLError):
             pass
         finally:
+            self.active -= 1
             writer.close()
 
 
