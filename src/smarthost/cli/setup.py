@@ -9,7 +9,10 @@
                  [--network CIDR...] [--smtp-port N | --port-offset N] [--local-state] [--force]
 
 The configuration goes to ``-c DIR``. What is not given on the command line is asked for when
-stdin is a terminal. Passwords are never taken from the command line: on a terminal they are
+stdin is a terminal, with the default in brackets (Enter takes it): the host name, the mail
+domains, the networks trusted to relay, the users, the certificate (self-signed, issued by a CA
+made with ``smarthost cert ca init``, or existing files, with their paths) and its other names
+(server); the host name, the relayhost, the login and the CA to verify the smarthost with (client). Passwords are never taken from the command line: on a terminal they are
 asked for (twice), otherwise read from stdin, one line per ``--user`` in order (server) or one
 line (client). Without ``--force`` an existing main.cf or master.cf is left alone, and so is an
 existing ``tls/cert.pem``/``key.pem``; with ``--force`` that pair is kept when it still fits the
@@ -133,6 +136,54 @@ def _ask(value: str | None, prompt: str, flag: str, default: str | None = None) 
     raise SetupError(f"{flag} is required")
 
 
+def _ask_list(values: list[str], prompt: str, default: list[str] | None = None) -> list[str]:
+    """``values`` when given; else, on a terminal, names separated by spaces or commas (Enter: ``default``)."""
+    if values or not _interactive():
+        return values or list(default or [])
+    shown = " ".join(default) if default else "none"
+    answer = input(f"{prompt} [{shown}]: ").replace(",", " ").split()
+    return answer or list(default or [])
+
+
+def _ask_file(prompt: str) -> Path:
+    """A path to an existing file, asked for until one is given."""
+    while True:
+        answer = input(f"{prompt}: ").strip()
+        if answer and Path(answer).expanduser().is_file():
+            return Path(answer).expanduser()
+        print(f"  {answer or '(nothing)'}: no such file" if answer else "  a file is needed", file=sys.stderr)
+
+
+_CERT_CHOICES = {"s": "selfsigned", "c": "ca", "e": "files"}
+
+
+def _ask_certificate(args: argparse.Namespace) -> CertificateSource:
+    """The certificate the flags name; on a terminal, when they name none, asked for."""
+    if args.ca_cert or args.ca_key:
+        if not (args.ca_cert and args.ca_key):
+            raise SetupError("a certificate from your CA needs both --ca-cert and --ca-key")
+        return CertificateSource("ca", ca_cert=args.ca_cert, ca_key=args.ca_key, sans=tuple(args.sans))
+    if args.cert or args.key:
+        return CertificateSource("files", cert_file=args.cert, key_file=args.key)
+    kind = "selfsigned"
+    if _interactive():
+        while True:
+            answer = input("Certificate: (s)elf-signed, issued by your (c)A (made with smarthost cert ca init), "
+                           "or (e)xisting files [s]: ").strip().lower() or "s"
+            if answer[0] in _CERT_CHOICES:
+                kind = _CERT_CHOICES[answer[0]]
+                break
+            print("  answer s, c or e", file=sys.stderr)
+    if kind == "files":
+        return CertificateSource("files", cert_file=_ask_file("Certificate file (PEM, the chain after it)"),
+                                 key_file=_ask_file("Its private key file"))
+    ca_cert = ca_key = None
+    if kind == "ca":
+        ca_cert, ca_key = _ask_file("CA certificate file"), _ask_file("CA private key file")
+    sans = _ask_list(args.sans, "Other names or addresses for the certificate (separated by spaces)")
+    return CertificateSource(kind, ca_cert=ca_cert, ca_key=ca_key, sans=tuple(sans))
+
+
 def _password(who: str) -> str:
     if _interactive():
         first = getpass.getpass(f"Password for {who}: ")
@@ -157,21 +208,17 @@ def cmd_setup_server(args: argparse.Namespace) -> int:
     try:
         hostname = _ask(args.hostname, "Host name of this server (e.g. mail.example.com)", "--hostname")
         guess = hostname.partition(".")[2] or None
-        domains = args.domains or [_ask(None, "Mail domain", "--domain", guess)]
-        users = args.users
-        if not users and _interactive():
-            users = [u for u in input("Users who may log in (names, separated by spaces): ").split() if u]
-        if args.ca_cert or args.ca_key:
-            if not (args.ca_cert and args.ca_key):
-                raise SetupError("a certificate from your CA needs both --ca-cert and --ca-key")
-            source = CertificateSource("ca", ca_cert=args.ca_cert, ca_key=args.ca_key, sans=tuple(args.sans))
-        elif args.cert or args.key:
-            source = CertificateSource("files", cert_file=args.cert, key_file=args.key)
-        else:
-            source = CertificateSource("selfsigned", sans=tuple(args.sans))
+        domains = _ask_list(args.domains, "Mail domains delivered here (separated by spaces; the first is "
+                            "$mydomain)", [guess] if guess else None)
+        if not domains:
+            raise SetupError("--domain is required")
+        networks = _ask_list(args.networks, "Networks whose clients may relay without logging in, besides "
+                             "loopback (CIDR, separated by spaces)")
+        users = _ask_list(args.users, "Users who may log in (names, separated by spaces)")
+        source = _ask_certificate(args)
         answers = ServerAnswers(
             hostname=hostname, domains=tuple(domains), users=tuple((u, _password(u)) for u in users),
-            networks=tuple(args.networks), certificate=source, pwcheck=SASLAUTHD if args.saslauthd else AUXPROP,
+            networks=tuple(networks), certificate=source, pwcheck=SASLAUTHD if args.saslauthd else AUXPROP,
             saslauthd_socket_dir=args.saslauthd_socket_dir, ports=_server_ports(args), listen=args.listen,
             local_state=args.local_state, mail_owner=args.mail_owner,
         )
@@ -190,10 +237,15 @@ def cmd_setup_client(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise SetupError(f"--relayhost: {e}") from None
         user = _ask(args.relay_user, "Your login at the smarthost", "--relay-user")
+        ca_file = args.ca
+        if ca_file is None and _interactive():
+            answer = input("The CA (or the smarthost's own certificate) to verify it against, a file; "
+                           "Enter: TLS is required but not verified [none]: ").strip()
+            ca_file = Path(answer).expanduser() if answer and answer != "none" else None
         smtp_port = args.smtp_port or 25 + args.port_offset
         answers = ClientAnswers(
             hostname=hostname, relayhost=relay_host, relay_port=relay_port, username=user,
-            password=_password(f"{user} at {relay_host}"), ca_file=args.ca, networks=tuple(args.networks),
+            password=_password(f"{user} at {relay_host}"), ca_file=ca_file, networks=tuple(args.networks),
             smtp_port=smtp_port, local_state=args.local_state,
         )
         result = setup_client(Path(args.config_dir), answers, force=args.force)
