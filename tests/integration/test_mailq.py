@@ -109,3 +109,29 @@ def test_layout_pending_recipients_reasons_marks_and_corrupt(site):
     corrupt = block(out, broken)
     assert "corrupt" in "\n".join(corrupt[1:])
     assert corrupt[-1] == INDENT + "gone@example.net"
+
+
+def test_the_documented_mailq_and_sendmail_wrappers_work(site, tmp_path):
+    # The wrapper scripts that smarthost.cli.sendmail's docstring tells admins to install.
+    import re
+
+    from smarthost.cli import sendmail
+
+    doc = sendmail.__doc__
+    scripts = re.findall(r"(#!/bin/sh\n\s+exec /opt/smarthost/\.venv/bin/python -m smarthost .*)", doc)
+    wrappers = {}
+    for script in scripts:
+        command = script.split("-m smarthost ", 1)[1].split()[0]
+        text = re.sub(r"\n\s+", "\n", script).replace("/opt/smarthost/.venv/bin/python", sys.executable)
+        path = tmp_path / command
+        path.write_text(text + "\n")
+        path.chmod(0o755)
+        wrappers[command] = path
+    assert set(wrappers) == {"sendmail", "mailq"}
+    env = {"MAIL_CONFIG": str(site / "etc"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([str(wrappers["mailq"])], env=env, capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout) == (0, "Mail queue is empty\n"), result.stderr
+    result = subprocess.run([str(wrappers["sendmail"]), "-bp"], env=env, capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 64 and "smarthost mailq" in result.stderr

@@ -28,13 +28,20 @@ pickup records the submitting uid in a ``Received:`` header.
 Exit codes (sysexits.h): 0 done, 64 usage, 65 bad message or address, 75 temporary failure
 (maildrop not writable), 78 configuration error.
 
-Installing as ``/usr/sbin/sendmail`` (and ``/usr/bin/mailq``, ``/usr/lib/sendmail``): a
-wrapper script, so that ``MAIL_CONFIG`` or the default ``/etc/smarthost`` applies::
+Installing as ``/usr/sbin/sendmail`` and ``/usr/bin/mailq``: two wrapper scripts (not one:
+``sendmail -bp`` is refused here with a pointer to ``smarthost mailq``), so that
+``MAIL_CONFIG`` or the default ``/etc/smarthost`` applies. ``/usr/sbin/sendmail``::
 
     #!/bin/sh
     exec /opt/smarthost/.venv/bin/python -m smarthost sendmail "$@"
 
-(``chmod 755``; use ``-c /etc/smarthost`` before ``sendmail`` for another directory). The
+and ``/usr/bin/mailq`` (it takes no options)::
+
+    #!/bin/sh
+    exec /opt/smarthost/.venv/bin/python -m smarthost mailq
+
+(``chmod 755`` both; ``ln -s /usr/sbin/sendmail /usr/lib/sendmail`` for programs that look
+there; put ``-c /etc/smarthost`` before the subcommand for another directory). The
 maildrop must exist with mode 1733, which ``smarthost run`` (as root) sets up.
 """
 
