@@ -135,3 +135,19 @@ def test_the_documented_mailq_and_sendmail_wrappers_work(site, tmp_path):
     result = subprocess.run([str(wrappers["sendmail"]), "-bp"], env=env, capture_output=True, text=True,
                             timeout=30, stdin=subprocess.DEVNULL)
     assert result.returncode == 64 and "smarthost mailq" in result.stderr
+
+
+def test_mail_waiting_in_the_maildrop_is_listed(site):
+    # `smarthost sendmail` while the daemon is down: the message waits in the maildrop.
+    etc = site / "etc"
+    message = b"Subject: from cron\n\nhello\n"
+    result = subprocess.run([sys.executable, "-m", "smarthost", "-c", str(etc), "sendmail", "-f", "cron@example.org",
+                             "ops@example.net"], input=message, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    out = mailq(site).stdout
+    lines = out.splitlines()
+    assert lines[0] == HEADER
+    assert lines[1].endswith("  cron@example.org")
+    assert lines[2].startswith("(maildrop queue, sender UID ")
+    assert lines[3] == INDENT + "ops@example.net"
+    assert lines[-1].endswith("Kbytes in 1 Request.")
