@@ -143,6 +143,40 @@ def test_sigterm_lets_a_session_finish_its_message(smarthost):
     assert len(s.queue_entries()) == 1
 
 
+def test_sigterm_gives_a_slow_session_421_after_the_grace_and_exits(smarthost):
+    s = smarthost()
+    r = Raw(s.ports[0], timeout=30)
+    r.reply()
+    r.cmd("EHLO c")
+    r.cmd("MAIL FROM:<a@example.org>")  # and then the client dawdles past the 5 s grace
+    os.kill(s.pid, signal.SIGTERM)
+    code, text = r.reply()
+    assert (code, text) == (421, "4.3.2 mx.example.test Service shutting down, closing transmission channel")
+    assert r.closed()
+    assert s.process.wait(20) == 0
+    assert s.queue_entries() == []
+
+
+def test_reload_command_rereads_main_cf(smarthost):
+    s = smarthost({"smtpd_banner": "$myhostname ESMTP before"})
+    main_cf = s.config_dir / "main.cf"
+    main_cf.write_text(main_cf.read_text().replace("ESMTP before", "ESMTP after"))
+    reloaded = subprocess.run([sys.executable, "-m", "smarthost", "-c", str(s.config_dir), "reload"],
+                              capture_output=True, text=True, timeout=60)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert reloaded.stdout == f"smarthost: signalled pid {s.pid}\n"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = Raw(s.ports[0])
+        text = r.reply()[1]
+        r.close()
+        if "after" in text:
+            break
+        time.sleep(0.2)
+    assert text == "mx.example.test ESMTP after"
+    assert s.process.poll() is None  # still serving
+
+
 def test_start_status_stop(smarthost):
     s = smarthost(start=False)
     s.write_config()
