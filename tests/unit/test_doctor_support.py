@@ -1,15 +1,20 @@
 """Helpers for the doctor tests (no tests here): a configuration directory written the way a
-user writes it, with a real certificate, and the findings ``smarthost check`` reports for it."""
+user writes it, with a real certificate, and the findings ``smarthost check`` reports for it on a
+machine whose interfaces are on ``INTERFACES``."""
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from pathlib import Path
 
 from smarthost import certs
 from smarthost.doctor import Finding, run_checks
 
 HOST = "mail.example.com"
+#: The networks of the machine the doctor runs on, in these tests: a home LAN and an IPv6 ULA /64.
+INTERFACES = tuple(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "192.168.1.0/24", "fd00:1::/64",
+                                                     "fe80::/64"))
 
 
 class ConfDir:
@@ -61,8 +66,8 @@ class ConfDir:
     def main_cf(self) -> str:
         return str(self.dir / "main.cf")
 
-    def findings(self, now: dt.datetime | None = None) -> list[Finding]:
-        return run_checks(self.dir, now=now)
+    def findings(self, now: dt.datetime | None = None, interfaces: tuple = INTERFACES) -> list[Finding]:
+        return run_checks(self.dir, now=now, interfaces=interfaces)
 
 
 def by_check(findings: list[Finding], check: str) -> list[Finding]:

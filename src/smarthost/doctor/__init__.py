@@ -46,15 +46,16 @@ __all__ = [
 CHECKS = (configfile, tls, auth, relay, tables, client, start)
 
 
-def run_checks(config_dir: Path, *, now: dt.datetime | None = None) -> list[Finding]:
+def run_checks(config_dir: Path, *, now: dt.datetime | None = None, interfaces: tuple | None = None) -> list[Finding]:
     """Every finding for the configuration in ``config_dir``, errors first. A configuration
-    that does not load at all gives that one error."""
+    that does not load at all gives that one error. ``interfaces``: this machine's networks
+    (default: read from the system)."""
     try:
         cfg = load(Path(config_dir))
     except ConfigError as e:
         problem = f"{e.param}: {e.problem}" if e.param else e.problem
         return [Finding(ERROR, e.file, e.line, problem, e.fix or "correct the line", "config.error")]
-    ctx = Context(cfg, now or dt.datetime.now(dt.timezone.utc))
+    ctx = Context(cfg, now or dt.datetime.now(dt.timezone.utc), interfaces=interfaces)
     for module in CHECKS:
         module.check(ctx)
     return ordered(ctx.out)

@@ -16,6 +16,8 @@ class Context:
     cfg: Config
     now: dt.datetime
     out: Findings = field(default_factory=Findings)
+    #: This machine's networks (ipaddress networks); None: read them (doctor.relay.local_networks).
+    interfaces: tuple | None = None
 
     @property
     def main_cf(self) -> str:

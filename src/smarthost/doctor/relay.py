@@ -1,11 +1,20 @@
 """Open relay: restriction lists without a relay guard or with a ``permit`` before it, a
 stranger actually allowed to relay (the service's real restrictions are evaluated for an
 unauthenticated client from a documentation address and a recipient in ``.invalid``),
-``mynetworks`` wider than local networks and ``relay_domains`` entries that match too much."""
+``mynetworks`` wider than local networks and ``relay_domains`` entries that match too much.
+
+"Local networks" are those of this machine's interfaces (:func:`local_networks`: the kernel's
+routes without a gateway in ``/proc/net/route``, or ``ip -j addr``, and ``/proc/net/if_inet6``);
+``Context.interfaces`` replaces them (tests). A public range is judged by its size, a private
+one by whether it is one of the local networks (or inside one)."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,12 +34,17 @@ PROBE_RECIPIENT = "victim@relay-test.invalid"
 SAFE_RELAY = "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 def check(ctx: Context) -> None:
+    local = ctx.interfaces if ctx.interfaces is not None else local_networks()
     for service in ctx.smtpd_services:
         p = service.params
         if _has_guard(ctx, p) and not _probe(ctx, service):
             _permit_before_guard(ctx, p)
-        _mynetworks(ctx, p)
+        _mynetworks(ctx, p, local)
         _relay_domains(ctx, p)
     main = ctx.cfg.params
     if not main.is_default("mynetworks_style") and not main.is_default("mynetworks"):
@@ -134,14 +148,120 @@ def _permit_before_guard(ctx: Context, p: Params) -> None:
                         f"{param} = {', '.join(_guard_before(listed, 'permit'))}", "relay.permit-before-guard")
 
 
-def too_wide(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, str] | None:
-    """(severity, why) when a mynetworks entry trusts more than local networks; None when fine."""
+# --- this machine's networks ----------------------------------------------------------------
+
+
+def _proc_route(text: str) -> list[Network]:
+    """IPv4 networks reached without a gateway (the interfaces' own subnets, device routes) from
+    ``/proc/net/route``: hex fields in host (little-endian) order; the default route is left out."""
+    nets: list[Network] = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            dest, gateway, flags, mask = (int(fields[i], 16) for i in (1, 2, 3, 7))
+        except ValueError:
+            continue
+        if gateway or not mask or not flags & 0x1:  # via a router, the default route, or down (RTF_UP)
+            continue
+        address = ipaddress.IPv4Address(dest.to_bytes(4, "little"))
+        prefix = bin(mask).count("1")
+        nets.append(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    return nets
+
+
+def _proc_inet6(text: str) -> list[Network]:
+    """IPv6 networks of the interfaces' addresses from ``/proc/net/if_inet6`` (address in 32 hex
+    digits, interface index, prefix length in hex, scope, flags, name)."""
+    nets: list[Network] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or len(fields[0]) != 32:
+            continue
+        try:
+            address = ipaddress.IPv6Address(int(fields[0], 16))
+            nets.append(ipaddress.ip_network(f"{address}/{int(fields[2], 16)}", strict=False))
+        except ValueError:
+            continue
+    return nets
+
+
+def _ip_json(text: str) -> list[Network]:
+    """The interfaces' networks from ``ip -j addr`` (iproute2)."""
+    nets: list[Network] = []
+    for interface in json.loads(text):
+        for info in interface.get("addr_info", ()):
+            if info.get("family") in ("inet", "inet6") and "local" in info:
+                try:
+                    nets.append(ipaddress.ip_network(f"{info['local']}/{info.get('prefixlen', 128)}", strict=False))
+                except ValueError:
+                    continue
+    return nets
+
+
+def local_networks(proc: Path = Path("/proc/net")) -> tuple[Network, ...]:
+    """The networks of this machine's interfaces, loopback always first. IPv4 from the kernel's
+    routes (``proc/route``), else from ``ip -j addr``; IPv6 from ``proc/if_inet6``. Only loopback
+    when none of them can be read."""
+    nets: list[Network] = list(LOOPBACK)
+    v4: list[Network] | None = None
+    try:
+        v4 = _proc_route((proc / "route").read_text())
+    except OSError:
+        pass
+    try:
+        nets += _proc_inet6((proc / "if_inet6").read_text())
+    except OSError:
+        pass
+    if v4 is None and shutil.which("ip"):
+        try:
+            result = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, timeout=5, check=True)
+            v4 = _ip_json(result.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    nets += v4 or []
+    return tuple(dict.fromkeys(nets))
+
+
+def _own(local: Sequence[Network], version: int) -> list[Network]:
+    """The local networks that say where this machine is (not loopback, not link-local)."""
+    return [n for n in local if n.version == version and not n.is_loopback and not n.is_link_local]
+
+
+def network_text(net: Network) -> str:
+    """As mynetworks writes it: ``192.168.1.0/24``, ``[fd00::]/64``."""
+    return f"[{net.network_address}]/{net.prefixlen}" if net.version == 6 else str(net)
+
+
+def suggested_mynetworks(local: Sequence[Network]) -> str:
+    """``mynetworks = 127.0.0.0/8 [::1]/128`` and this machine's own networks."""
+    own = sorted((n for n in local if not n.is_loopback and not n.is_link_local and n.is_private), key=lambda n: n.version)
+    nets = [*LOOPBACK, *own]
+    return "mynetworks = " + " ".join(network_text(n) for n in dict.fromkeys(nets))
+
+
+# --- judging mynetworks ----------------------------------------------------------------------
+
+
+def too_wide(net: Network, local: Sequence[Network] | None = None) -> tuple[str, str] | None:
+    """(severity, why) when a mynetworks entry trusts more than local networks; None when fine.
+    With ``local`` (this machine's networks) a private range must be one of them or inside one,
+    unless it is no wider than they are and holds none of them (a remote office's subnet)."""
     if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
         v4 = ipaddress.IPv4Address(int(net.network_address) & 0xFFFFFFFF)
-        return too_wide(ipaddress.ip_network(f"{v4}/{net.prefixlen - 96}"))
+        return too_wide(ipaddress.ip_network(f"{v4}/{net.prefixlen - 96}"), local)
     if net.prefixlen == 0:
         return "error", "it is every address on the Internet"
-    if net.is_private or net.is_loopback or net.is_link_local:
+    if net.is_loopback or net.is_link_local:
+        return None
+    if net.is_private:
+        own = _own(local or (), net.version)
+        if not own or any(net.subnet_of(n) for n in own):  # type: ignore[arg-type]
+            return None
+        if net.prefixlen < min(n.prefixlen for n in own) or any(n.subnet_of(net) for n in own):  # type: ignore[arg-type]
+            return "warning", (f"it is wider than this machine's own networks "
+                               f"({', '.join(network_text(n) for n in own)}): every host in it may relay")
         return None
     if net.version == 4:
         if net.prefixlen <= 8:
@@ -156,7 +276,7 @@ def too_wide(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, s
     return None
 
 
-def _mynetworks(ctx: Context, p: Params) -> None:
+def _mynetworks(ctx: Context, p: Params, local: Sequence[Network]) -> None:
     where = ctx.where(p, "mynetworks")
     entries: list[tuple[str, tuple[str, int | None]]] = []
     for item in p["mynetworks"]:
@@ -174,13 +294,13 @@ def _mynetworks(ctx: Context, p: Params) -> None:
             net = parse_network(text)
         except ValueError:
             continue  # a host name or a table
-        verdict = too_wide(net)
+        verdict = too_wide(net, local)
         if verdict is None:
             continue
         severity, why = verdict
         ctx.out.add(ERROR if severity == "error" else WARNING, origin,
                     f"mynetworks trusts {text} to relay without logging in: {why}",
-                    "list only your own networks, e.g. mynetworks = 127.0.0.0/8 [::1]/128 192.168.1.0/24; "
+                    f"list only your own networks: {suggested_mynetworks(local)}; "
                     "remote users should log in (permit_sasl_authenticated) instead", "relay.mynetworks")
 
 
