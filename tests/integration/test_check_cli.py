@@ -134,3 +134,31 @@ def test_warnings_the_server_prints_at_start_are_findings(confdir):
     assert lines[-1] == "0 error(s), 1 warning(s), 0 hint(s)"
     master_cf.write_text("# services\n127.0.0.1:2525 inet n - n - - smtpd\n")
     assert smarthost("-c", str(confdir), "check").stdout == "0 error(s), 0 warning(s), 0 hint(s)\n"
+
+
+def test_sender_through_port_465_says_implicit_tls(confdir):
+    main_cf = confdir / "main.cf"
+    main_cf.write_text(main_cf.read_text().replace("[relay.example.net]:587", "[relay.example.net]:465")
+                       + "smtp_tls_wrappermode = yes\n")
+    (confdir / "sasl_passwd").write_text("[relay.example.net]:465 sat:pw-satellite\n")
+    assert main(["postmap", f"hash:{confdir / 'sasl_passwd'}"]) == 0
+    result = smarthost("-c", str(confdir), "check", "--sender", "alice@example.com")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "relay: [relay.example.net]:465 (host relay.example.net, port 465, no MX lookup)" in result.stdout
+    assert "  TLS: implicit TLS (wrapper mode)" in result.stdout
+    data = json.loads(smarthost("-c", str(confdir), "check", "--sender", "alice@example.com", "--json").stdout)
+    assert (data["port"], data["wrappermode"], data["mx_lookup"]) == (465, True, False)
+
+
+def test_sender_through_a_relayhost_without_brackets_notes_the_mx_lookup(confdir):
+    main_cf = confdir / "main.cf"
+    main_cf.write_text(main_cf.read_text().replace("[relay.example.net]:587", "relay.example.net"))
+    (confdir / "sasl_passwd").write_text("relay.example.net sat:pw-satellite\n")
+    assert main(["postmap", f"hash:{confdir / 'sasl_passwd'}"]) == 0
+    result = smarthost("-c", str(confdir), "check", "--sender", "alice@example.com")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "relay: relay.example.net (host relay.example.net, port 25, MX lookup)" in result.stdout
+    assert "  TLS: smtp_tls_security_level = encrypt" in result.stdout
+    assert ("  note: relay.example.net is looked up in DNS (MX); the MX host names found are tried as keys too"
+            in result.stdout)
+    assert "key relay.example.net in hash:" in result.stdout and "pw-satellite" not in result.stdout

@@ -301,3 +301,14 @@ def test_the_whole_chain_the_server_sends_is_reported(tmp_path, capsys, monkeypa
     assert [c["fingerprint"] for c in r["tls"]["chain"]] == [certs.fingerprint(c) for c in sent]
     assert r["tls"]["chain"][0]["issuer"] == r["tls"]["chain"][1]["subject"] == sent[1].subject.rfc4514_string()
     assert r["tls"]["verified"] is True
+
+
+def test_password_on_the_command_line_works_with_a_warning(server, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("not read\n"))
+    status = main(["probe", f"127.0.0.1:{server.ports[0]}", "--ca", ca(server), "--user", "alice",
+                   "--password", PASSWORD, "--json", "--timeout", "10"])
+    out, err = capsys.readouterr()
+    assert status == 0, out
+    assert json.loads(out)["auth"]["ok"] is True
+    assert "a password on the command line is visible to other users" in err
+    assert PASSWORD not in out + err

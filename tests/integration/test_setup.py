@@ -333,3 +333,28 @@ def test_rerunning_with_force_replaces_a_certificate_that_does_not_fit_loudly(tm
     assert (d / "tls" / "key.pem").read_bytes() != key
     chain = certs.load_certificates(d / "tls" / "cert.pem")
     certs.verify(chain, certs.load_certificates(ca_cert if why == "other CA" else d / "tls" / "cert.pem"), HOST)
+
+
+def test_networks_given_reach_mynetworks(tmp_path, monkeypatch, capsys):
+    d = tmp_path / "server"
+    status, _, err, _ = setup_server(monkeypatch, capsys, d, "--network", "192.0.2.0/24", "--network", "[fd00::]/64")
+    assert status == 0, err
+    status, out, _ = run(monkeypatch, capsys, "-c", str(d), "postconf", "mynetworks")
+    assert out == "mynetworks = 127.0.0.0/8, [::1]/128, 192.0.2.0/24, [fd00::]/64\n"
+    assert load(d).params["mynetworks"] == ["127.0.0.0/8", "[::1]/128", "192.0.2.0/24", "[fd00::]/64"]
+    c = tmp_path / "client"
+    status, _, err = setup_client(monkeypatch, capsys, c, "--network", "10.1.2.0/24")
+    assert status == 0, err
+    assert load(c).params["mynetworks"] == ["127.0.0.0/8", "[::1]/128", "10.1.2.0/24"]
+
+
+def test_client_setup_prints_its_next_steps(tmp_path, monkeypatch, capsys):
+    d = tmp_path / "client"
+    status, out, err = setup_client(monkeypatch, capsys, d, "--smtp-port", "10025")
+    assert status == 0, err
+    steps = out[out.index("Next steps:"):].splitlines()[1:]
+    assert steps[0] == f"  1. Start smarthost: smarthost -c {d} start   (in the foreground: smarthost -c {d} run)"
+    assert steps[1] == f"  2. Check the smarthost and your login: smarthost probe {HOST}:587 --user alice"
+    assert steps[2].startswith("  3. Send a test message: swaks --server 127.0.0.1:10025 --from root@sat.example.com")
+    assert f"smarthost postmap hash:{d}/sasl_passwd" in steps[4]
+    assert "s3cret" not in out + err

@@ -7,7 +7,8 @@
 
 Port 465 means implicit TLS, any other STARTTLS, unless told otherwise. With ``--user`` the
 password is asked for on a terminal, else read from the first line of stdin; ``--password`` on
-the command line works too but is visible to other users in the process list. The probe connects
+the command line works too but is visible to other users in the process list (a warning says so
+on stderr). The probe connects
 only to HOST. Exit status: 0 all good, 1 a problem found (a certificate that does not verify, no
 STARTTLS, AUTH offered before TLS, a failed login or test message, an open relay), 2 could not
 connect. The work is done by :mod:`smarthost.probe`.
@@ -87,6 +88,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print("smarthost: probe: a test message needs both --from and --to", file=sys.stderr)
         return 2
     password = None
+    if args.password is not None:
+        print("smarthost: probe: warning: a password on the command line is visible to other users of this "
+              "machine (ps, /proc/PID/cmdline); leave out --password to be asked for it, or pipe it to stdin",
+              file=sys.stderr)
     if args.user is not None:
         password = args.password if args.password is not None else _read_password(args.user)
     body = None
