@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from peers import SmarthostInstance, free_port
+from peers import SmarthostInstance, free_port, wait_for_text
 from test_server import Raw
 
 
@@ -76,3 +76,80 @@ def test_client_certificate_lets_a_satellite_relay(tmp_path):
         assert (f"client certificate verified: CN=satellite.example.test, fingerprint={fingerprint}"
                 in server.log_text()), server.describe()
         assert "status=sent (250 2.0.0 Ok: queued as" in satellite.log_text(), satellite.describe()
+
+
+# AUTH EXTERNAL: the identity is the name relay_clientcerts gives the verified certificate ----------
+
+
+def _fingerprint(pem: bytes) -> str:
+    import hashlib
+
+    der = ssl.PEM_cert_to_DER_cert(pem.decode())
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def external_server(smarthost):
+    """A TLS server asking for client certificates, EXTERNAL offered, and two certificates from its
+    CA: ``listed`` (in relay_clientcerts as "satellite") and ``unlisted``."""
+    s = smarthost({
+        "mynetworks": "192.0.2.0/24", "smtpd_sasl_auth_enable": "yes",
+        "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
+        "smtpd_tls_ask_ccert": "yes", "smtpd_tls_CAfile": "$config_directory/ca.pem",
+        "relay_clientcerts": "texthash:$config_directory/relay_clientcerts",
+        "smtpd_sasl_mechanism_filter": "static:all",  # Postfix's default filter drops EXTERNAL
+    }, tls=True, start=False)
+    s.main_cf["smtpd_tls_CAfile"] = str(s.config_dir / "ca.pem")
+    s.main_cf["relay_clientcerts"] = f"texthash:{s.config_dir / 'relay_clientcerts'}"
+    s.write_config()
+    certs = {}
+    for name in ("listed", "unlisted"):
+        issued = s.ca.issue_cert(f"{name}.example.test")
+        issued.private_key_and_cert_chain_pem.write_to_path(str(s.config_dir / f"{name}.pem"))
+        certs[name] = str(s.config_dir / f"{name}.pem")
+        if name == "listed":
+            fingerprint = _fingerprint(issued.cert_chain_pems[0].bytes())
+    (s.config_dir / "relay_clientcerts").write_text(f"{fingerprint} satellite\n")
+    (s.config_dir / "sasl").mkdir()
+    (s.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: EXTERNAL PLAIN\n")
+    s.write_config = lambda: None  # keep the files made above
+    s.start()
+    return s, certs
+
+
+def external_client(s, cert: str | None) -> smtplib.SMTP:
+    ctx = ssl.create_default_context(cafile=str(s.config_dir / "ca.pem"))
+    if cert:
+        ctx.load_cert_chain(cert)
+    c = smtplib.SMTP("127.0.0.1", s.ports[0], timeout=10)
+    c.starttls(context=ctx)
+    c.ehlo("client.example")
+    return c
+
+
+def test_auth_external_with_a_listed_certificate_authenticates_and_relays(smarthost):
+    s, certs = external_server(smarthost)
+    with external_client(s, certs["listed"]) as c:
+        assert "EXTERNAL" in c.esmtp_features["auth"].split()
+        assert c.docmd("AUTH", "EXTERNAL =") == (235, b"2.7.0 Authentication successful")
+        assert c.mail("a@example.org")[0] == 250
+        assert c.rcpt("bob@foreign.example")[0] == 250  # relaying: permit_sasl_authenticated
+        code, _ = c.data(b"Subject: by EXTERNAL\r\n\r\nhello\r\n")
+        assert code == 250
+    wait_for_text(s.maillog, "sasl_method=EXTERNAL, sasl_username=satellite")
+    # The authorization identity may name the certificate's own identity (base64 "satellite").
+    with external_client(s, certs["listed"]) as c:
+        assert c.docmd("AUTH", "EXTERNAL c2F0ZWxsaXRl")[0] == 235
+
+
+def test_auth_external_without_a_matching_certificate_or_with_another_authzid_is_535(smarthost):
+    s, certs = external_server(smarthost)
+    for cert in (None, certs["unlisted"]):  # no certificate; a verified one that is not listed
+        with external_client(s, cert) as c:
+            assert c.docmd("AUTH", "EXTERNAL =")[0] == 535
+            assert c.mail("a@example.org")[0] == 250
+            assert c.rcpt("bob@foreign.example")[0] == 554  # still a stranger
+    with external_client(s, certs["listed"]) as c:
+        assert c.docmd("AUTH", "EXTERNAL cm9vdA==")[0] == 535  # authzid "root"
+    wait_for_text(s.maillog, "SASL EXTERNAL authentication failed: authorization identity not allowed")
+    failed = s.log_text().count("SASL EXTERNAL authentication failed: no verified client certificate listed")
+    assert failed == 2, s.describe()

@@ -121,7 +121,7 @@ def test_external_uses_the_certificate_identity():
 
 
 def test_external_without_a_certificate_or_with_another_authzid_fails():
-    assert server_mechanism("EXTERNAL", context()).start(b"") == Failure("no verified client certificate")
+    assert server_mechanism("EXTERNAL", context()).start(b"") == Failure("no verified client certificate listed in relay_clientcerts")
     assert server_mechanism("EXTERNAL", context(tls_peer_identity="alice")).start(b"root") == Failure(
         "authorization identity not allowed"
     )

@@ -444,6 +444,17 @@ class Policy:
         """Whether ``domain`` (or a parent) is in relay_domains. May raise TableError."""
         return not _is_literal(domain) and self._relay_domains.matches(domain)
 
+    def client_certificate_name(self, fingerprint: str) -> str | None:
+        """The name ``relay_clientcerts`` gives a verified client certificate's fingerprint (the
+        first word of the value: ``FINGERPRINT name``), or None. The SASL identity of AUTH
+        EXTERNAL. May raise TableError."""
+        for table in self._clientcerts:
+            value = table.lookup(fingerprint)
+            if value is not None:
+                words = value.split()
+                return words[0] if words else None
+        return None
+
     def is_authorized_destination(self, recipient: str) -> bool:
         """Postfix's permit_auth_destination test with ``allow_untrusted_routing = no``: the domain
         is in mydestination, a virtual alias or mailbox domain, or relay_domains.

@@ -473,9 +473,15 @@ class Session(asyncio.Protocol):
         checker = self.listener.passwords
         if isinstance(event, AuthStart):
             self._mech_name = event.mechanism
+            try:
+                identity = self._certificate_identity() if event.mechanism == "EXTERNAL" else None
+            except TableError as exc:
+                self._auth_done(None, temporary=f"relay_clientcerts lookup failed: {exc}")
+                return
             context = ServerContext(
                 hostname=self.listener.myhostname, nonce=secrets.token_hex(16), server_secret=checker.secret,
                 service=auth.service, realm=auth.realm,
+                tls_peer_identity=identity,
             )
             self._mech = server_mechanism(event.mechanism, context)
             step = self._mech.start(event.initial_response)
@@ -507,6 +513,16 @@ class Session(asyncio.Protocol):
                 step = self._mech.secret(None)  # no plaintext secrets are stored: CRAM-MD5 cannot succeed
             else:  # pragma: no cover - a new step type
                 raise TypeError(f"unknown SASL step {step!r}")
+
+    def _certificate_identity(self) -> str | None:
+        """AUTH EXTERNAL's identity (RFC 4422 App. A): the name ``relay_clientcerts`` gives the
+        fingerprint of the client certificate, which verified against ``smtpd_tls_CAfile`` in the
+        handshake (tls.py). A certificate that is not listed has no identity: 535, like a wrong
+        password. The CN alone is not trusted: any certificate the CA ever signed would do."""
+        fingerprint = self.tls.peer_fingerprint if self.tls is not None else None
+        if not fingerprint:
+            return None
+        return self.listener.policy.client_certificate_name(fingerprint)  # TableError: 454
 
     async def _auth_dovecot(self, event: AuthStart | AuthResponse) -> None:
         if isinstance(event, AuthStart):

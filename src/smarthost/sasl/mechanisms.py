@@ -287,7 +287,7 @@ class External(ServerMechanism):
     def _on_respond(self, data: bytes) -> Step:
         identity = self.context.tls_peer_identity
         if not identity:
-            return self._fail("no verified client certificate")
+            return self._fail("no verified client certificate listed in relay_clientcerts")
         authzid = _identity(data)
         if authzid is None:
             return self._fail("malformed EXTERNAL authorization identity")
