@@ -207,6 +207,9 @@ def _build_auth(service, cfg: Config, warnings: list[str], *, tls_possible: bool
         raise StartError(f"{where}: no SASL mechanism is left to offer (mech_list, smtpd_sasl_security_options,"
                          " smtpd_sasl_tls_security_options and smtpd_sasl_mechanism_filter exclude all);"
                          " allow PLAIN or LOGIN")
+    if not before and not (tls_possible or wrapper) and not requires_tls:
+        warnings.append(f"{where}: smtpd_sasl_auth_enable = yes, but AUTH is never offered: smtpd_sasl_security_options"
+                        " leave no mechanism before TLS and the service has no TLS; configure smtpd_tls_cert_file")
     auth = AuthSettings(
         mechanisms=before,
         tls_mechanisms=after,

@@ -18,6 +18,7 @@ import pytest
 
 from smarthost.authd import saslauthd
 from test_auth import plain, sasl_server, start_authd, stop_authd, tls_session
+from test_server import Raw
 
 RECIPE = "pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {path}\n"
 
@@ -218,3 +219,19 @@ def test_broken_sasl_auth_clients_get_the_old_line_too(smarthost, scripted):
     _, text = r.cmd("EHLO c")
     lines = text.splitlines()
     assert "AUTH PLAIN LOGIN" in lines and "AUTH=PLAIN LOGIN" in lines
+
+
+def test_noplaintext_without_tls_warns_that_auth_is_never_offered(smarthost):
+    s = smarthost({"smtpd_sasl_auth_enable": "yes", "smtpd_tls_auth_only": "no",
+                   "smtpd_sasl_security_options": "noanonymous, noplaintext",
+                   "smtpd_sasl_tls_security_options": "noanonymous"}, start=False)
+    s.write_config()
+    (s.config_dir / "sasl").mkdir()
+    (s.config_dir / "sasl" / "smtpd.conf").write_text("pwcheck_method: auxprop\nmech_list: PLAIN LOGIN\n")
+    s.write_config = lambda: None
+    s.start()
+    r = Raw(s.ports[0])
+    r.reply()
+    assert "AUTH" not in r.cmd("EHLO c")[1]
+    assert r.cmd("AUTH PLAIN " + plain("alice", "secret"))[0] == 538
+    assert "but AUTH is never offered: smtpd_sasl_security_options leave no mechanism before TLS" in s.log_text()
