@@ -12,11 +12,12 @@ The configuration goes to ``-c DIR``. What is not given on the command line is a
 stdin is a terminal, with the default in brackets (Enter takes it): the host name, the mail
 domains, the networks trusted to relay, the users, the certificate (self-signed, issued by a CA
 made with ``smarthost cert ca init``, or existing files, with their paths) and its other names
-(server); the host name, the relayhost, the login and the CA to verify the smarthost with (client). Passwords are never taken from the command line: on a terminal they are
-asked for (twice), otherwise read from stdin, one line per ``--user`` in order (server) or one
-line (client). Without ``--force`` an existing main.cf or master.cf is left alone, and so is an
-existing ``tls/cert.pem``/``key.pem``; with ``--force`` that pair is kept when it still fits the
-host name (a new one only with ``--new-cert``, or when it does not fit: said loudly). After writing,
+(server); the host name, the relayhost, the login and the CA to verify the smarthost with (client).
+Passwords are never taken from the command line: on a terminal they are asked for (twice),
+otherwise read from stdin, one line per ``--user`` in order (server) or one line (client).
+Without ``--force`` an existing main.cf or master.cf is left alone, and so is an existing
+``tls/cert.pem``/``key.pem``; with ``--force`` that pair is kept when it still fits the host name
+(a new one only with ``--new-cert``, or when it does not fit: said loudly). After writing,
 ``smarthost check`` runs on the new directory (when this installation has it) and the next steps
 are printed. Exit status: 0 written (and checked), 1 an error or a check that found errors.
 The work is done by :mod:`smarthost.setup`.

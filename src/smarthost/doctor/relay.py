@@ -236,7 +236,7 @@ def network_text(net: Network) -> str:
 
 def suggested_mynetworks(local: Sequence[Network]) -> str:
     """``mynetworks = 127.0.0.0/8 [::1]/128`` and this machine's own networks."""
-    own = sorted((n for n in local if not n.is_loopback and not n.is_link_local and n.is_private), key=lambda n: n.version)
+    own = sorted((n for n in _own(local, 4) + _own(local, 6) if n.is_private), key=lambda n: n.version)
     nets = [*LOOPBACK, *own]
     return "mynetworks = " + " ".join(network_text(n) for n in dict.fromkeys(nets))
 
@@ -259,7 +259,8 @@ def too_wide(net: Network, local: Sequence[Network] | None = None) -> tuple[str,
         own = _own(local or (), net.version)
         if not own or any(net.subnet_of(n) for n in own):  # type: ignore[arg-type]
             return None
-        if net.prefixlen < min(n.prefixlen for n in own) or any(n.subnet_of(net) for n in own):  # type: ignore[arg-type]
+        wider = net.prefixlen < min(n.prefixlen for n in own)
+        if wider or any(n.subnet_of(net) for n in own):  # type: ignore[arg-type]
             return "warning", (f"it is wider than this machine's own networks "
                                f"({', '.join(network_text(n) for n in own)}): every host in it may relay")
         return None
