@@ -76,6 +76,9 @@ from smarthost.tls import TLSInfo
 log = logging.getLogger(__name__)
 
 TEMP_FAIL = Reply(451, "4.3.0", "Error: queue file write error")
+# Syntax and sequence errors get no log line of their own (as in Postfix): the disconnect
+# line counts them (``rcpt=0/1``). Every other reject the core decides is logged.
+_SYNTAX_CODES = frozenset({500, 501, 502, 503, 504, 555})
 TIMEOUT = "Error: timeout exceeded"
 
 
@@ -399,13 +402,32 @@ class Session(asyncio.Protocol):
             self.maillog.warning(f"{self.label}: SASL {self._mech_name} authentication aborted")
         elif event.detail:
             self.maillog.warning(f"{event.detail} from {self.label}")
-        if not event.reply.is_error or self.conn.closed:
+        reply = event.reply
+        if not reply.is_error:
+            return
+        if reply.code not in _SYNTAX_CODES:
+            self._log_reject(event.verb, reply)
+        if self.conn.closed:
             return
         if self.conn.error_count > self.listener.soft_error_limit and self.listener.error_sleep > 0:
             # Postfix's smtpd_error_sleep_time: slow down clients that keep making errors.
             self._busy = True
             self.transport.pause_reading()
             self.loop.call_later(self.listener.error_sleep, self._resume_after_sleep)
+
+    def _log_reject(self, verb: str, reply: Reply) -> None:
+        """A reject the core decided (size, bare LF, TLS required, too many recipients...), in
+        the form of the policy's ``NOQUEUE: reject:`` lines. The sender is known from RCPT on;
+        a refused MAIL command's address is not (the core keeps no client text)."""
+        text = reply.text if isinstance(reply.text, str) else " ".join(reply.text)
+        enhanced = f" {reply.enhanced}" if reply.enhanced else ""
+        envelope = ""
+        if verb in ("RCPT", "DATA", "END-OF-MESSAGE"):
+            envelope = f" from=<{self.sender}>"
+            if verb != "RCPT" and len(self.recipients) == 1:
+                envelope += f" to=<{self.recipients[0].address}>"
+        self.maillog.log(f"NOQUEUE: reject: {verb} from {self.label}: {reply.code}{enhanced} {text};"
+                         f"{envelope} proto={self._proto()} helo=<{self.facts.helo}>")
 
     def _resume_after_sleep(self) -> None:
         self._busy = False
@@ -709,6 +731,8 @@ def _command_stats(conn: ServerConnection) -> str:
     failures = conn.failures
     for verb, n in conn.counters.items():
         failed = failures.get(verb, 0)
+        if verb == "data":  # a message refused at its end counts as a failed DATA, as in Postfix
+            failed = min(n, failed + failures.get("end-of-message", 0))
         total += n
         good += n - failed
         parts.append(f" {verb}={n - failed}/{n}" if failed else f" {verb}={n}")
