@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given, settings as hsettings
@@ -12,6 +14,7 @@ from scramp import ScramClient
 from smarthost.sasl import (
     Challenge,
     CheckPassword,
+    CramSecret,
     Failure,
     NeedScramCredentials,
     NeedSecret,
@@ -139,7 +142,24 @@ def test_cram_md5_rfc_2195_example():
     assert mech.secret("tanstaaftanstaaf") == Success("tim", "tim")
 
 
-@pytest.mark.parametrize("secret", ["wrong", None])
+def test_cram_md5_with_the_stored_hmac_states_instead_of_the_password():
+    # What the user database keeps: HMAC-MD5's inner/outer MD5 states (RFC 2104), as Dovecot does.
+    stored = CramSecret.from_password("tanstaaftanstaaf")
+    assert len(stored.inner) == len(stored.outer) == 16 and b"tanstaaf" not in stored.inner + stored.outer
+    mech = server_mechanism("CRAM-MD5", context(nonce="1896.697170952", hostname="postoffice.reston.mci.net"))
+    mech.start(None)
+    mech.respond(b"tim b913a602c7eda7a495b4e6e7334d3890")
+    assert mech.secret(stored) == Success("tim", "tim")
+
+
+@pytest.mark.parametrize("password", ["", "tanstaaf", "x" * 64, "y" * 100, "pässwörd"])
+@pytest.mark.parametrize("message", [b"", b"<1.2@h>", b"a" * 55, b"a" * 56, b"a" * 200])
+def test_cram_secret_digest_is_hmac_md5(password, message):
+    expected = hmac.new(password.encode(), message, hashlib.md5).hexdigest()
+    assert CramSecret.from_password(password).hexdigest(message) == expected
+
+
+@pytest.mark.parametrize("secret", ["wrong", None, CramSecret.from_password("wrong")])
 def test_cram_md5_wrong_secret_and_unknown_user_look_the_same(secret):
     mech = server_mechanism("CRAM-MD5", context(nonce="1896.697170952", hostname="postoffice.reston.mci.net"))
     mech.start(None)

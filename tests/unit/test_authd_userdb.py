@@ -132,3 +132,31 @@ def test_an_unknown_user_costs_one_argon2_verification(db, monkeypatch):
 
 def test_repr_names_the_file_only(db):
     assert repr(db) == f"UserDB({str(db.path)!r})"
+
+
+def test_no_cram_md5_secret_unless_asked(db):
+    db.add("alice", "secret")
+    assert db.cram_secret("alice") is None
+    assert "CRAM-MD5" not in db.list()[0].mechanisms
+
+
+def test_cram_md5_secret_is_the_hmac_states_not_the_password(db):
+    import hashlib
+    import hmac
+
+    db.add("alice", "tanstaaftanstaaf", cram=True)
+    stored = db.cram_secret("alice")
+    challenge = b"<1896.697170952@postoffice.reston.mci.net>"
+    assert stored.hexdigest(challenge) == hmac.new(b"tanstaaftanstaaf", challenge, hashlib.md5).hexdigest()
+    assert b"tanstaaf" not in db.path.read_bytes()
+    assert "CRAM-MD5" in db.list()[0].mechanisms
+
+
+def test_passwd_without_cram_removes_the_old_cram_secret_and_del_removes_it(db):
+    db.add("alice", "old", cram=True)
+    db.set_password("alice", "new")
+    assert db.cram_secret("alice") is None  # the old password must not keep working via CRAM-MD5
+    db.set_password("alice", "newer", cram=True)
+    assert db.cram_secret("alice") == db.cram_secret("alice@")  # realm "" either way
+    db.delete("alice")
+    assert db.cram_secret("alice") is None

@@ -43,15 +43,18 @@ def test_saslauthd_never_offers_secret_mechanisms(tmp_path):
     )
 
 
-def test_auxprop_offers_scram_but_not_cram(tmp_path):
-    path = write(tmp_path, "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: SCRAM-SHA-256 CRAM-MD5 PLAIN\n")
+def test_auxprop_offers_cram_md5_only_when_mech_list_asks(tmp_path):
+    path = write(tmp_path, "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: SCRAM-SHA-256 CRAM-MD5 PLAIN DIGEST-MD5\n")
     conf = load_sasl_conf(tmp_path, params())
-    assert conf.mechanisms(["noanonymous"]) == ("SCRAM-SHA-256", "PLAIN")
+    assert conf.mechanisms(["noanonymous"]) == ("SCRAM-SHA-256", "CRAM-MD5", "PLAIN")
+    assert conf.mechanisms(["noplaintext"]) == ("SCRAM-SHA-256", "CRAM-MD5")
     assert conf.warnings == (
-        f"{path}:3: mech_list: the user database stores SCRAM verifiers, not plaintext passwords; "
-        "removing CRAM-MD5 from mech_list",
+        f"{path}:3: mech_list: the user database stores SCRAM verifiers and CRAM-MD5 secrets, not plaintext"
+        " passwords; removing DIGEST-MD5 from mech_list",
     )
     assert conf.sasldb_path == tmp_path / "sasldb"
+    write(tmp_path, "pwcheck_method: auxprop\n")  # without mech_list: never CRAM-MD5
+    assert "CRAM-MD5" not in load_sasl_conf(tmp_path, params()).mechanisms([])
 
 
 def test_defaults_without_mech_list(tmp_path):

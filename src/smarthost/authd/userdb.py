@@ -5,7 +5,10 @@ equivalents), read by ``smarthost authd`` (no ``-a``: the ``userdb`` backend) an
 SMTP server for ``pwcheck_method: auxprop``. Per user (name and realm; the empty realm is a realm
 of its own) it keeps an argon2id hash for plaintext mechanisms, SCRAM-SHA-256 and SCRAM-SHA-1
 verifiers (RFC 5802 §3: salt, iteration count, StoredKey, ServerKey; never the password) and when
-the entry was created and last changed.
+the entry was created and last changed. For a user added with ``--cram`` it also keeps a
+CRAM-MD5 secret: HMAC-MD5's inner and outer MD5 states of the password (RFC 2104; Dovecot's
+``CRAM-MD5`` scheme), not the password itself — but enough to answer CRAM-MD5 challenges as
+that user, which is why it is stored only on request (``smarthost.sasl.cram``).
 
 The SCRAM verifiers come from ``smarthost.sasl.scram.scram_verifier`` (RFC 5802 §3, SASLprep'd
 password per RFC 4013), with a fresh 16-byte salt and 4096 iterations (RFC 7677 §4's minimum).
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from smarthost.authd import passwords
+from smarthost.sasl.cram import CramSecret
 from smarthost.sasl.scram import MIN_ITERATIONS, SCRAM_MECHANISMS, ScramCredentials, scram_verifier
 
 SCRAM_ITERATIONS = MIN_ITERATIONS
@@ -47,6 +51,13 @@ CREATE TABLE IF NOT EXISTS scram (
     stored_key BLOB NOT NULL,
     server_key BLOB NOT NULL,
     PRIMARY KEY (name, realm, mechanism)
+);
+CREATE TABLE IF NOT EXISTS cram (
+    name TEXT NOT NULL,
+    realm TEXT NOT NULL,
+    inner_state BLOB NOT NULL,
+    outer_state BLOB NOT NULL,
+    PRIMARY KEY (name, realm)
 );
 """
 
@@ -149,6 +160,19 @@ class UserDB:
             ).fetchone()
         return ScramCredentials(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3])) if row else None
 
+    def cram_secret(self, user: str, realm: str = "") -> CramSecret | None:
+        """The CRAM-MD5 secret of ``user`` (HMAC-MD5 key states), or None: unknown user, or
+        one who did not ask for CRAM-MD5 (``users add --cram``)."""
+        name, realm = split_login(user, realm)
+        with self._lock:
+            conn = self._connect(create=False)
+            if conn is None:
+                return None
+            row = conn.execute(
+                "SELECT inner_state, outer_state FROM cram WHERE name = ? AND realm = ?", (name, realm)
+            ).fetchone()
+        return CramSecret(bytes(row[0]), bytes(row[1])) if row else None
+
     def list(self) -> list[UserInfo]:
         with self._lock:
             conn = self._connect(create=False)
@@ -158,6 +182,8 @@ class UserDB:
             mechs: dict[tuple[str, str], list[str]] = {}
             for name, realm, mech in conn.execute("SELECT name, realm, mechanism FROM scram ORDER BY mechanism DESC"):
                 mechs.setdefault((name, realm), []).append(mech)
+            for name, realm in conn.execute("SELECT name, realm FROM cram"):
+                mechs.setdefault((name, realm), []).append("CRAM-MD5")
         return [
             UserInfo(name, realm, passwords.scheme(stored), tuple(mechs.get((name, realm), ())), created, changed)
             for name, realm, stored, created, changed in users
@@ -165,13 +191,15 @@ class UserDB:
 
     # --- writing (the users tool) ---------------------------------------------------------
 
-    def add(self, user: str, password: str, realm: str = "") -> None:
-        """Create ``user``; ``UserDBError`` if it exists."""
-        self._store(user, realm, password, must_exist=False)
+    def add(self, user: str, password: str, realm: str = "", *, cram: bool = False) -> None:
+        """Create ``user``; ``UserDBError`` if it exists. ``cram``: also store a CRAM-MD5 secret."""
+        self._store(user, realm, password, must_exist=False, cram=cram)
 
-    def set_password(self, user: str, password: str, realm: str = "") -> None:
-        """Change the password (hash and SCRAM verifiers); ``UserDBError`` if there is no such user."""
-        self._store(user, realm, password, must_exist=True)
+    def set_password(self, user: str, password: str, realm: str = "", *, cram: bool = False) -> None:
+        """Change the password (hash and SCRAM verifiers); ``UserDBError`` if there is no such user.
+        The CRAM-MD5 secret is replaced with ``cram``, else removed (the old password must not
+        keep working through CRAM-MD5)."""
+        self._store(user, realm, password, must_exist=True, cram=cram)
 
     def delete(self, user: str, realm: str = "") -> None:
         """Remove ``user``; ``UserDBError`` if there is no such user."""
@@ -183,16 +211,18 @@ class UserDB:
                 with _transaction(conn):
                     deleted = conn.execute("DELETE FROM users WHERE name = ? AND realm = ?", (name, realm)).rowcount
                     conn.execute("DELETE FROM scram WHERE name = ? AND realm = ?", (name, realm))
+                    conn.execute("DELETE FROM cram WHERE name = ? AND realm = ?", (name, realm))
         if not deleted:
             raise UserDBError(f"user {_label(name, realm)} not found in {self.path}")
 
-    def _store(self, user: str, realm: str, password: str, *, must_exist: bool) -> None:
+    def _store(self, user: str, realm: str, password: str, *, must_exist: bool, cram: bool = False) -> None:
         name, realm = split_login(user, realm)
         _check_name(name, realm)
         if not password:
             raise UserDBError("empty passwords are not stored")
         hashed = passwords.hash_password(password)
         verifiers = {mech: _scram_verifier(mech, password) for mech in SCRAM_MECHANISMS}
+        cram_secret = CramSecret.from_password(password) if cram else None
         now = time.time()
         with self._lock:
             conn = self._connect(create=True)
@@ -212,6 +242,11 @@ class UserDB:
                         "INSERT OR REPLACE INTO scram VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (name, realm, mech, v.salt, v.iterations, v.stored_key, v.server_key),
                     )
+                if cram_secret is None:
+                    conn.execute("DELETE FROM cram WHERE name = ? AND realm = ?", (name, realm))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO cram VALUES (?, ?, ?, ?)",
+                                 (name, realm, cram_secret.inner, cram_secret.outer))
 
 
 def _scram_verifier(mechanism: str, password: str) -> ScramCredentials:

@@ -3,7 +3,8 @@
 The database is the file ``sasldb_path`` names in the Cyrus-style ``sasl/smtpd.conf`` (default
 ``CONFIG_DIR/sasldb``), or ``-f FILE``. Passwords come from a prompt (asked twice) when stdin
 is a terminal, else from the first line of stdin — never from the command line, where other
-users could read them in the process list.
+users could read them in the process list. ``--cram`` (add, passwd) also stores a CRAM-MD5
+secret for that user; nobody gets one by default.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def register(sub) -> None:
         a = actions.add_parser(name, help=help_text)
         a.add_argument("name", help="user name, or user@realm")
         a.add_argument("-u", dest="realm", default="", help="the user's realm (default: none, or the part after @)")
+        if name != "del":
+            a.add_argument("--cram", action="store_true",
+                           help="also store a CRAM-MD5 secret (HMAC-MD5 key states: not the password, but"
+                                " enough to log in with CRAM-MD5); without it, passwd removes an old one")
         a.set_defaults(func=cmd_users)
     a = actions.add_parser("list", help="list the users")
     a.set_defaults(func=cmd_users)
@@ -78,9 +83,9 @@ def cmd_users(args) -> int:
             return 0
         password = read_password(sys.stdin.isatty())
         if args.users_command == "add":
-            db.add(args.name, password, args.realm)
+            db.add(args.name, password, args.realm, cram=args.cram)
         else:
-            db.set_password(args.name, password, args.realm)
+            db.set_password(args.name, password, args.realm, cram=args.cram)
         return 0
     except UserDBError as e:
         print(f"smarthost: users: {e}", file=sys.stderr)

@@ -20,9 +20,11 @@ A missing file means Cyrus's defaults: ``pwcheck_method: auxprop`` with the
 user database.  Mechanisms are offered only where the method can verify
 them: saslauthd checks plaintext passwords, so it allows PLAIN and LOGIN;
 the user database stores SCRAM verifiers (not plaintext), so it allows
-PLAIN, LOGIN, SCRAM-SHA-256 and SCRAM-SHA-1 (never CRAM-MD5).  A
-``mech_list`` asking for more loads with a warning naming the line; a
-``mech_list`` leaving nothing is an error.
+PLAIN, LOGIN, SCRAM-SHA-256 and SCRAM-SHA-1 — and CRAM-MD5 when
+``mech_list`` names it (off by default): it works for users given a CRAM-MD5
+secret (``smarthost users add --cram``), every other user gets 535 as for a
+wrong password.  A ``mech_list`` asking for more loads with a warning naming
+the line; a ``mech_list`` leaving nothing is an error.
 
 With ``smtpd_sasl_type = dovecot`` no file is read: ``smtpd_sasl_path`` is
 the Dovecot auth socket and the mechanisms are the ones the daemon announces.
@@ -47,9 +49,11 @@ VERIFIABLE = {
     "saslauthd": ("PLAIN", "LOGIN"),
     "auxprop": ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN"),
 }
+# Verifiable, but offered only when mech_list asks (users need ``users add --cram``).
+ON_REQUEST = {"auxprop": ("CRAM-MD5",)}
 _UNVERIFIABLE_REASON = {
     "saslauthd": "saslauthd can verify plaintext passwords only",
-    "auxprop": "the user database stores SCRAM verifiers, not plaintext passwords",
+    "auxprop": "the user database stores SCRAM verifiers and CRAM-MD5 secrets, not plaintext passwords",
 }
 # Mechanisms that need a shared secret on the server: a password method may or may not serve them.
 _SECRET_MECHANISMS = frozenset({"CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"})
@@ -232,6 +236,7 @@ def _mech_list(
         return None
     value, number = entries["mech_list"]
     verifiable = set(verifiable_by(methods)) | {"EXTERNAL"}  # EXTERNAL is verified by TLS, not a password method
+    verifiable.update(name for method in methods for name in ON_REQUEST.get(method, ()))
     kept: list[str] = []
     for name in dict.fromkeys(value.upper().replace(",", " ").split()):
         if name in verifiable:

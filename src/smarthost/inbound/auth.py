@@ -40,7 +40,7 @@ from smarthost.authd.cache import CredentialCache
 from smarthost.authd.client import AuthResult, AuthStatus, DovecotAuthClient, saslauthd_check
 from smarthost.authd.userdb import UserDB
 from smarthost.config.saslconf import SaslConf
-from smarthost.sasl import ScramCredentials
+from smarthost.sasl import CramSecret, ScramCredentials
 
 AUTH_TIMEOUT = 10.0
 CACHE_SECONDS = 300.0  # how long a successful user-database check is remembered in a worker
@@ -146,6 +146,12 @@ class PasswordChecker:
         if self._userdb is None:
             return None
         return await self._in_pool(self._userdb.scram_credentials, username, realm, mechanism)
+
+    async def cram_secret(self, username: str, realm: str) -> CramSecret | None | AuthResult:
+        """CRAM-MD5's stored secret (``users add --cram``); None without one or without auxprop."""
+        if self._userdb is None:
+            return None
+        return await self._in_pool(self._userdb.cram_secret, username, realm)
 
     async def _in_pool(self, func, *args):
         loop = asyncio.get_running_loop()

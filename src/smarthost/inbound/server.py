@@ -531,8 +531,12 @@ class Session(asyncio.Protocol):
                     self._auth_done(None, temporary=found.reason)
                     return
                 step = self._mech.credentials(found)
-            elif isinstance(step, NeedSecret):
-                step = self._mech.secret(None)  # no plaintext secrets are stored: CRAM-MD5 cannot succeed
+            elif isinstance(step, NeedSecret):  # CRAM-MD5: the user database's HMAC-MD5 states
+                found = await checker.cram_secret(step.username, auth.realm)
+                if isinstance(found, AuthResult):
+                    self._auth_done(None, temporary=found.reason)
+                    return
+                step = self._mech.secret(found)
             else:  # pragma: no cover - a new step type
                 raise TypeError(f"unknown SASL step {step!r}")
 

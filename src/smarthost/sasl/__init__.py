@@ -4,10 +4,12 @@ No I/O here (DESIGN.md principle 1): where a mechanism needs the outside
 world (a password check, a stored SCRAM verifier, a secret) it returns a
 request object and the shell answers it.  Randomness comes in through the
 contexts.  See :mod:`.mechanisms` (server), :mod:`.client`, :mod:`.policy`
-(security options, filters, the client's choice) and :mod:`.scram`.
+(security options, filters, the client's choice), :mod:`.scram` and :mod:`.cram`
+(CRAM-MD5 secrets that are not the password).
 """
 
 from .client import CLIENT_MECHANISMS, ClientContext, ClientMechanism, SaslError, client_mechanism
+from .cram import CramSecret
 from .mechanisms import (
     SERVER_MECHANISMS,
     Challenge,
@@ -31,6 +33,7 @@ __all__ = [
     "Challenge",
     "CheckPassword",
     "ClientContext",
+    "CramSecret",
     "ClientMechanism",
     "Failure",
     "NeedScramCredentials",

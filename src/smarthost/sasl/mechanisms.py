@@ -13,7 +13,8 @@ Each call returns one step:
 ``Failure(reason)``              send 535; ``reason`` is for the log (never secrets, never client text)
 ``CheckPassword(...)``           ask the auth daemon, then call ``password_result(ok)``
 ``NeedScramCredentials(...)``    look up the stored verifier, then call ``credentials(found | None)``
-``NeedSecret(username)``         look up the plaintext secret (CRAM-MD5), then call ``secret(s | None)``
+``NeedSecret(username)``         look up the CRAM-MD5 secret, then call ``secret(found | None)``
+                                 (a ``cram.CramSecret``: HMAC-MD5 key states, not the password)
 
 Calling a method the mechanism is not waiting for raises :class:`SaslStateError`
 (a bug in the caller, never the client's doing).  Client input never raises.
@@ -21,13 +22,11 @@ Calling a method the mechanism is not waiting for raises :class:`SaslStateError`
 Unknown users and wrong passwords take the same steps and give the same
 failure text: SCRAM goes on with fake credentials derived from the user name
 and ``ServerContext.server_secret``; CRAM-MD5 computes its digest with a dummy
-secret.
+secret (also for a known user who has no CRAM-MD5 secret).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from dataclasses import dataclass, field
 from typing import Union
@@ -35,6 +34,7 @@ from typing import Union
 from scramp import ScramException, ScramMechanism
 from scramp.core import ScramServer
 
+from .cram import CramSecret
 from .scram import SCRAM_MECHANISMS, ScramCredentials, ScramFormatError, fake_credentials, parse_client_first
 
 SERVER_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "EXTERNAL")
@@ -145,7 +145,7 @@ class ServerMechanism:
         self._enter("credentials")
         return self._on_credentials(found)
 
-    def secret(self, secret: str | None) -> Success | Failure:
+    def secret(self, secret: CramSecret | str | None) -> Success | Failure:
         self._enter("secret")
         return self._on_secret(secret)
 
@@ -322,13 +322,24 @@ class CramMD5(ServerMechanism):
         self._authcid = user
         return self._ask(NeedSecret(user), "secret")
 
-    def _on_secret(self, secret: str | None) -> Success | Failure:
-        # Same work whether or not the user exists.
-        key = (secret if secret is not None else self.context.nonce).encode("utf-8")
-        expected = hmac.new(key, self._challenge_text, hashlib.md5).hexdigest()
-        if hmac.compare_digest(expected, self._digest) and secret is not None:
+    def _on_secret(self, secret: CramSecret | str | None) -> Success | Failure:
+        # Same work whether or not the user exists: a user without a CRAM secret is checked
+        # against a dummy one and fails like a wrong password.
+        if isinstance(secret, str):
+            secret = CramSecret.from_password(secret)
+        ok = (secret or _dummy_cram_secret()).matches(self._challenge_text, self._digest)
+        if ok and secret is not None:
             return self._succeed("", self._authcid)
         return self._fail()
+
+
+_DUMMY_CRAM: list[CramSecret] = []
+
+
+def _dummy_cram_secret() -> CramSecret:
+    if not _DUMMY_CRAM:
+        _DUMMY_CRAM.append(CramSecret.from_password("\0 no CRAM-MD5 secret"))
+    return _DUMMY_CRAM[0]
 
 
 class Scram(ServerMechanism):
