@@ -107,3 +107,28 @@ def test_syntax_errors_are_counted_in_the_disconnect_line_not_logged_one_by_one(
     assert r.cmd("QUIT")[0] == 221
     logged(s, "disconnect from localhost[127.0.0.1] ehlo=1 mail=0/1 quit=1 commands=2/3")
     assert "NOQUEUE: reject: MAIL" not in s.log_text()
+
+
+# smtpd_error_sleep_time (issue 2) ---------------------------------------------------------------
+
+
+def test_past_the_soft_error_limit_replies_wait_but_other_sessions_do_not(smarthost):
+    import select
+
+    s = smarthost({"mynetworks": "192.0.2.0/24", "smtpd_soft_error_limit": "2", "smtpd_error_sleep_time": "5s",
+                   "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination"})
+    a = session(s.ports[0])
+    assert a.cmd("MAIL FROM:<a@example.org>")[0] == 250
+    for n in (1, 2):  # policy rejects (not the core's errors): they count too
+        assert a.cmd(f"RCPT TO:<r{n}@foreign.example>")[0] == 554
+    a.send(b"RCPT TO:<r3@foreign.example>\r\n")
+    # Meanwhile another client is served from start to end ...
+    b = session(s.ports[0])
+    assert b.cmd("MAIL FROM:<b@example.org>")[0] == 250
+    assert b.cmd("RCPT TO:<bob@example.test>")[0] == 250
+    assert b.cmd("QUIT")[0] == 221
+    # ... while the third refused RCPT's reply is still held back.
+    assert select.select([a.sock], [], [], 0)[0] == [], "the reply past the soft error limit was not delayed"
+    a.sock.settimeout(30)
+    assert a.reply()[0] == 554  # delayed, not lost
+    logged(s, "NOQUEUE: reject: RCPT from localhost[127.0.0.1]: 554 5.7.1 <r3@foreign.example>: Relay access denied")

@@ -220,6 +220,8 @@ class Session(asyncio.Protocol):
         self._mech_name = ""
         self._busy = False          # waiting for the queue or a TLS handshake
         self._counted = False
+        self._hold_reply = False  # the pending answer waits smtpd_error_sleep_time (see _pump)
+        self._error_base = 0  # errors before the last queued message (they no longer count)
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -289,7 +291,18 @@ class Session(asyncio.Protocol):
     def _pump(self) -> None:
         conn = self.conn
         assert conn is not None
+        if self._hold_reply:  # the answer of an AUTH step or of queueing begun past the soft limit
+            self._hold_reply = False
+            out = conn.data_to_send()
+            if out:
+                self._delay(out)
+                return
+        sleepy = self.listener.error_sleep > 0
+        slow = False
         while True:
+            if sleepy and not slow and self._errors() >= self.listener.soft_error_limit:
+                slow = True  # from here on every reply waits; what was answered before leaves now
+                self._flush()
             event = conn.next_event()
             if event is NEED_DATA or event is PAUSED:
                 break
@@ -305,6 +318,7 @@ class Session(asyncio.Protocol):
                 self._on_data_command()
             elif kind is MessageReceived:
                 self._busy = True
+                self._hold_reply = slow
                 self._queue_message(event.data)
                 break
             elif kind is Helo:
@@ -326,6 +340,7 @@ class Session(asyncio.Protocol):
                 return
             elif kind is AuthStart or kind is AuthResponse:
                 self._busy = True
+                self._hold_reply = slow
                 self.loop.create_task(self._auth(event))
                 break
             elif kind is Vrfy:
@@ -333,7 +348,34 @@ class Session(asyncio.Protocol):
             else:  # pragma: no cover - a new core event the shell does not know yet
                 log.error("unhandled SMTP event %r", event)
                 conn.reject(Reply(451, "4.3.0", "Error: internal error"))
+            if slow and self._delay(conn.data_to_send()):
+                return
+        if slow and not self._hold_reply and self._delay(conn.data_to_send()):
+            return
         self._flush()
+
+    def _errors(self) -> int:
+        """4xx/5xx replies so far (the core's, the policy's, AUTH's) since mail was last queued."""
+        return sum(self.conn.failures.values()) - self._error_base
+
+    def _delay(self, out: bytes) -> bool:
+        """Postfix's ``smtpd_error_sleep_time``: past ``smtpd_soft_error_limit`` errors every reply
+        waits that long. The reply is held and input paused; the worker serves others meanwhile."""
+        if not out:
+            return False
+        self._busy = True
+        self.transport.pause_reading()
+        self.loop.call_later(self.listener.error_sleep, self._after_sleep, out)
+        return True
+
+    def _after_sleep(self, out: bytes) -> None:
+        self._busy = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(out)
+        transport.resume_reading()
+        self._pump()
 
     def _flush(self) -> None:
         conn = self.conn
@@ -407,13 +449,6 @@ class Session(asyncio.Protocol):
             return
         if reply.code not in _SYNTAX_CODES:
             self._log_reject(event.verb, reply)
-        if self.conn.closed:
-            return
-        if self.conn.error_count > self.listener.soft_error_limit and self.listener.error_sleep > 0:
-            # Postfix's smtpd_error_sleep_time: slow down clients that keep making errors.
-            self._busy = True
-            self.transport.pause_reading()
-            self.loop.call_later(self.listener.error_sleep, self._resume_after_sleep)
 
     def _log_reject(self, verb: str, reply: Reply) -> None:
         """A reject the core decided (size, bare LF, TLS required, too many recipients...), in
@@ -428,14 +463,6 @@ class Session(asyncio.Protocol):
                 envelope += f" to=<{self.recipients[0].address}>"
         self.maillog.log(f"NOQUEUE: reject: {verb} from {self.label}: {reply.code}{enhanced} {text};"
                          f"{envelope} proto={self._proto()} helo=<{self.facts.helo}>")
-
-    def _resume_after_sleep(self) -> None:
-        self._busy = False
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.resume_reading()
-        self._pump()
 
     def _on_closing(self, event: Closing) -> None:
         reason = event.reason
@@ -639,6 +666,8 @@ class Session(asyncio.Protocol):
             )
             conn.accept(Reply(250, "2.0.0", f"Ok: queued as {queue_id}"))
             self.worker.wake_queue_manager()
+            self._error_base = sum(conn.failures.values())  # Postfix: errors "without delivering mail"
+            self._hold_reply = False
         self.recipients = []
         self._busy = False
         if self.transport is not None and not self.transport.is_closing():
