@@ -17,6 +17,14 @@ Decisions taken here:
   one sweep per second rather than a timer per read.
 - ``smtpd_client_connection_count_limit`` counts a client's connections across all worker
   processes and all services (``inbound/limits.py``).
+- ``smtpd_error_sleep_time``: once a client has made ``smtpd_soft_error_limit`` errors (any
+  4xx/5xx: the core's, the policy's, AUTH's) without getting mail queued, every reply is held
+  that long — input paused, the worker serving others — as Postfix does.
+- Every reject gets a ``NOQUEUE: reject:`` line, the core's too (size, bare LF, TLS required,
+  recipient limit); syntax and sequence errors (500–504, 555) are only counted in the
+  disconnect line, as in Postfix. No message text is ever logged.
+- AUTH EXTERNAL's identity is the name ``relay_clientcerts`` gives the fingerprint of the
+  verified client certificate (``FINGERPRINT name``); an unlisted certificate has none (535).
 """
 
 from __future__ import annotations
@@ -300,7 +308,7 @@ class Session(asyncio.Protocol):
         sleepy = self.listener.error_sleep > 0
         slow = False
         while True:
-            if sleepy and not slow and self._errors() >= self.listener.soft_error_limit:
+            if sleepy and not slow and conn.failures and self._errors() >= self.listener.soft_error_limit:
                 slow = True  # from here on every reply waits; what was answered before leaves now
                 self._flush()
             event = conn.next_event()
