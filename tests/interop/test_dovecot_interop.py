@@ -1,7 +1,8 @@
 """A real Dovecot as smarthost's auth server: ``smtpd_sasl_type = dovecot`` with
 ``smtpd_sasl_path`` naming the ``auth-client`` listener of a private Dovecot (its own
 base_dir, a ``passwd-file`` passdb, no IMAP/POP3: ``protocols =`` empty), driven by swaks
-with AUTH PLAIN and LOGIN over STARTTLS."""
+with AUTH PLAIN and LOGIN over STARTTLS; and ``doveadm pw -s CRAM-MD5`` agreeing with the
+CRAM-MD5 secret our user database stores."""
 
 from __future__ import annotations
 
@@ -83,3 +84,15 @@ def test_smarthost_authenticates_against_a_real_dovecot(workdir, dovecot):
         s.stop()
     log = (workdir / "dovecot" / "dovecot.log").read_text(errors="replace")
     assert PASSWORD not in log and PASSWORD not in s.log_text()
+
+
+def test_our_cram_md5_secret_is_dovecots_cram_md5_scheme():
+    """The user database's CRAM-MD5 secret is the same HMAC-MD5 state pair Dovecot stores."""
+    from smarthost.sasl import CramSecret
+
+    doveadm = require_peer("doveadm")
+    for password in ("tanstaaftanstaaf", "pässwörd with spaces", "x" * 80):
+        out = subprocess.run([doveadm, "pw", "-s", "CRAM-MD5", "-p", password],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        ours = CramSecret.from_password(password)
+        assert out == "{CRAM-MD5}" + (ours.outer + ours.inner).hex()

@@ -3,7 +3,7 @@
 RFC 2104: ``HMAC(K, m) = MD5((K ^ opad) || MD5((K ^ ipad) || m))``.  Both key blocks are one
 64-byte MD5 block, so the hash states after them (the "inner" and "outer" contexts, 16 bytes
 each) are all a verifier needs: it continues MD5 from those states.  This is what Dovecot's
-``CRAM-MD5`` password scheme stores.  The states are not the password, but they are
+``CRAM-MD5`` password scheme stores (``{CRAM-MD5}`` + hex of outer then inner state).  The states are not the password, but they are
 password-equivalent *for CRAM-MD5* (whoever has them can answer any challenge), so the user
 database keeps them as carefully as hashes (mode 0600) and only for users who ask.
 
