@@ -1,5 +1,6 @@
-"""CRAM-MD5 through the real server (RFC 2195), with smtplib as the client: offered only when
-``mech_list`` asks and the user database can serve it, and only to users given a CRAM-MD5 secret."""
+"""CRAM-MD5 through the real server (RFC 2195), with smtplib (and swaks) as the client: offered
+only when ``mech_list`` asks and the user database can serve it, and only to users given a
+CRAM-MD5 secret."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import smtplib
 import subprocess
 import sys
 
-from peers import wait_for_text
+import pytest
+
+from peers import require_peer, unavailable, wait_for_text
 from test_auth import STRANGER, add_user, sasl_server
 from test_server import client_ctx
 
@@ -86,3 +89,22 @@ def test_passwd_without_cram_takes_the_cram_secret_away(smarthost):
         except smtplib.SMTPAuthenticationError as e:
             code = e.smtp_code
         assert code == 535
+
+
+@pytest.mark.interop
+def test_swaks_cram_md5(smarthost):
+    swaks = require_peer("swaks")
+    if subprocess.run(["perl", "-MDigest::HMAC_MD5", "-e", "1"], capture_output=True).returncode:
+        unavailable("swaks -a CRAM-MD5 needs Digest::HMAC_MD5: install with scripts/install-peers.sh")
+    s = cram_server(smarthost)
+
+    def run(password: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [swaks, "--server", f"127.0.0.1:{s.ports[0]}", "--tls", "--auth", "CRAM-MD5", "--auth-user", "carol",
+             "--auth-password", password, "--from", "carol@example.org", "--to", "bob@foreign.example",
+             "--timeout", "20"], capture_output=True, text=True, timeout=60)
+
+    ok = run("tanstaaf")
+    assert "235 2.7.0" in ok.stdout and "250 2.0.0 Ok: queued as" in ok.stdout, ok.stdout + s.describe()
+    bad = run("wrong")
+    assert "535 5.7.8" in bad.stdout and bad.returncode != 0, bad.stdout
