@@ -369,7 +369,7 @@ class Session(asyncio.Protocol):
     def _delay(self, out: bytes) -> bool:
         """Postfix's ``smtpd_error_sleep_time``: past ``smtpd_soft_error_limit`` errors every reply
         waits that long. The reply is held and input paused; the worker serves others meanwhile."""
-        if not out:
+        if not out or self.transport is None or self.transport.is_closing():
             return False
         self._busy = True
         self.transport.pause_reading()
