@@ -8,7 +8,8 @@ The SMTP core parses AUTH (``smtp/server.py``) and the SASL mechanisms run the e
   saslauthd socket (``saslauthd_path``: ours, ``smarthost authd``, or a real Cyrus
   saslauthd). The SMTP workers never read password hashes (DESIGN.md principle 9).
 - ``pwcheck_method: auxprop``: the user database (``sasldb_path``) is read directly; it
-  stores argon2id hashes and SCRAM verifiers, so SCRAM works too. Hash checks run in a thread
+  stores argon2id hashes, SCRAM verifiers and, for users given one, a CRAM-MD5 secret
+  (HMAC-MD5 states, :meth:`PasswordChecker.cram_secret`), so SCRAM and CRAM-MD5 work too. Hash checks run in a thread
   pool, never on the event loop; a successful check is remembered for 5 minutes (so a changed
   password may still work that long in a running worker; ``smarthost reload`` forgets).
 - Both, in the order written: the first method that says yes wins; a method that cannot be
