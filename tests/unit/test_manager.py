@@ -357,6 +357,38 @@ async def test_messages_to_one_next_hop_share_a_connection(harness) -> None:
 
 
 @run_async
+async def test_idle_sessions_that_lose_the_race_for_a_job_stay_open(harness) -> None:
+    # One new message wakes every idle session to its next hop; only one gets it, and the
+    # others must go on waiting (smtp_connection_cache_time_limit), not hang up: the next
+    # burst then finds them open instead of opening new connections.
+    h = harness({"smtp_destination_concurrency_limit": "3"})
+    h.smtp.gate = asyncio.Event()
+    for i in range(3):
+        await h.submit("alice@example.org", [f"u{i}@example.net"])
+    h.start()
+    for _ in range(200):
+        if h.smtp.sessions == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert h.smtp.sessions == 3  # three deliveries wait at the gate, one connection each
+    h.smtp.gate.set()
+    await h.until(lambda: h.store.count() == 0, "the first three")
+    await h.submit("alice@example.org", ["u3@example.net"])
+    h.manager.wake()
+    await h.until(lambda: h.store.count() == 0, "the fourth")
+    h.smtp.gate.clear()
+    for i in range(4, 7):
+        await h.submit("alice@example.org", [f"u{i}@example.net"])
+    h.manager.wake()
+    await asyncio.sleep(0.2)  # the three take a session each and wait at the gate
+    h.smtp.gate.set()
+    await h.until(lambda: h.store.count() == 0, "the last three")
+    assert h.smtp.sessions == 3
+    assert len(h.smtp.deliveries) == 7
+    await h.stop()
+
+
+@run_async
 async def test_error_transport_bounces_with_its_text(harness) -> None:
     h = harness(transport_maps="inline:{ { closed.example = error:5.7.1 we do not send there } }")
     queue_id = await h.submit("alice@example.org", ["x@closed.example"])

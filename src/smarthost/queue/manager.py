@@ -679,10 +679,15 @@ class QueueManager:
         not count against default_process_limit."""
         dest.idle += 1
         self._running -= 1
-        dest.arrived.clear()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.connection_cache_time
         try:
-            async with asyncio.timeout(self.settings.connection_cache_time):
-                await dest.arrived.wait()
+            # One arrival wakes every idle worker of the destination; those that find the job
+            # taken by another go on waiting (and keep their session) until the deadline.
+            while not dest.jobs and not self._stopping:
+                dest.arrived.clear()
+                async with asyncio.timeout_at(deadline):
+                    await dest.arrived.wait()
         except TimeoutError:
             pass
         finally:
