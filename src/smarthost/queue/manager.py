@@ -456,9 +456,14 @@ class QueueManager:
         except QueueError as exc:
             self.maillog.error(f"cannot read the queue: {exc}")
             return
+        readable = [e.id for e in entries if e.state is not QueueState.CORRUPT and e.envelope is not None]
+        try:
+            reads = await self._db(self._read_entries, readable) if readable else {}
+        except Exception as exc:  # noqa: BLE001 - each entry below meets the same failure
+            reads = dict.fromkeys(readable, exc)
         for entry in entries:
             try:
-                await self._activate(entry)
+                await self._activate(entry, reads.get(entry.id))
             except Exception:  # a bug defers mail, never bounces or loses it (DESIGN.md principle 8)
                 log.exception("%s: cannot schedule the delivery", entry.id)
                 self._active.pop(entry.id, None)
@@ -469,9 +474,16 @@ class QueueManager:
 
     # -- one message -------------------------------------------------------------------------
 
-    def _read_entry(self, queue_id: str) -> tuple[bytes, list[tuple[str | None, str | None]]]:
-        """Body and recorded outcomes, in one trip to the store's thread."""
-        return self.store.read_body(queue_id), self.store.recipient_results(queue_id)
+    def _read_entries(self, queue_ids: list[str]) -> dict[str, tuple[bytes, list] | Exception]:
+        """Bodies and recorded outcomes of the entries just claimed, in one trip to the store's
+        thread (not one per message); an entry that cannot be read maps to its exception."""
+        out: dict[str, tuple[bytes, list] | Exception] = {}
+        for queue_id in queue_ids:
+            try:
+                out[queue_id] = (self.store.read_body(queue_id), self.store.recipient_results(queue_id))
+            except Exception as exc:  # noqa: BLE001 - judged per entry by _activate
+                out[queue_id] = exc
+        return out
 
     async def _remove(self, queue_id: str) -> None:
         """Delete a finished entry. Removals that come while one is being committed are
@@ -500,13 +512,17 @@ class QueueManager:
         finally:
             self._removing = False
 
-    async def _activate(self, entry: QueueEntry) -> None:
+    async def _activate(self, entry: QueueEntry, read: tuple[bytes, list] | Exception | None) -> None:
         queue_id = entry.id
         if entry.state is QueueState.CORRUPT or entry.envelope is None:
             self.maillog.warning(f"{queue_id}: corrupt queue entry moved to corrupt (envelope unreadable)")
             return
         try:
-            body, prior = await self._db(self._read_entry, queue_id)
+            if isinstance(read, Exception):
+                raise read
+            if read is None:  # pragma: no cover - every readable entry was read above
+                raise NoSuchEntry(queue_id)
+            body, prior = read
         except CorruptEntry as exc:
             self.maillog.warning(f"{queue_id}: corrupt queue entry: {exc}")
             return
