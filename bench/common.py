@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from peers import (  # noqa: E402
     SmarthostInstance,
     free_port,
     peer_command,
+    wait_for_unix_socket,
 )
 
 TIME_WAIT_LIMIT = 12000  # loopback has ~28k ephemeral ports; wait below this before a run
@@ -114,20 +114,6 @@ def make_tls_files(directory: Path, *names: str) -> TLSFiles:
 
 
 # --- auth daemons -----------------------------------------------------------------------
-
-
-def wait_for_unix_socket(path: Path, alive, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise PeerError(f"the daemon exited before {path} accepted connections")
-        with socket.socket(socket.AF_UNIX) as s:
-            try:
-                s.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.05)
-    raise PeerError(f"{path} did not accept connections within {timeout:.0f}s")
 
 
 class _Daemon:
