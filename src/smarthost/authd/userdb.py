@@ -150,28 +150,24 @@ class UserDB:
     def scram_credentials(self, user: str, realm: str, mechanism: str) -> ScramCredentials | None:
         """The stored SCRAM verifier of ``user`` for ``SCRAM-SHA-256`` or ``SCRAM-SHA-1``."""
         name, realm = split_login(user, realm)
-        with self._lock:
-            conn = self._connect(create=False)
-            if conn is None:
-                return None
-            row = conn.execute(
-                "SELECT salt, iterations, stored_key, server_key FROM scram WHERE name = ? AND realm = ? AND mechanism = ?",
-                (name, realm, mechanism.upper()),
-            ).fetchone()
+        row = self._row("SELECT salt, iterations, stored_key, server_key FROM scram"
+                        " WHERE name = ? AND realm = ? AND mechanism = ?", (name, realm, mechanism.upper()))
         return ScramCredentials(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3])) if row else None
 
     def cram_secret(self, user: str, realm: str = "") -> CramSecret | None:
         """The CRAM-MD5 secret of ``user`` (HMAC-MD5 key states), or None: unknown user, or
         one who did not ask for CRAM-MD5 (``users add --cram``)."""
         name, realm = split_login(user, realm)
+        row = self._row("SELECT inner_state, outer_state FROM cram WHERE name = ? AND realm = ?", (name, realm))
+        return CramSecret(bytes(row[0]), bytes(row[1])) if row else None
+
+    def _row(self, sql: str, params: tuple) -> tuple | None:
+        """One row of a query, or None (also when the database does not exist yet)."""
         with self._lock:
             conn = self._connect(create=False)
             if conn is None:
                 return None
-            row = conn.execute(
-                "SELECT inner_state, outer_state FROM cram WHERE name = ? AND realm = ?", (name, realm)
-            ).fetchone()
-        return CramSecret(bytes(row[0]), bytes(row[1])) if row else None
+            return conn.execute(sql, params).fetchone()
 
     def list(self) -> list[UserInfo]:
         with self._lock:

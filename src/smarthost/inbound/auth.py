@@ -9,9 +9,10 @@ The SMTP core parses AUTH (``smtp/server.py``) and the SASL mechanisms run the e
   saslauthd). The SMTP workers never read password hashes (DESIGN.md principle 9).
 - ``pwcheck_method: auxprop``: the user database (``sasldb_path``) is read directly; it
   stores argon2id hashes, SCRAM verifiers and, for users given one, a CRAM-MD5 secret
-  (HMAC-MD5 states, :meth:`PasswordChecker.cram_secret`), so SCRAM and CRAM-MD5 work too. Hash checks run in a thread
-  pool, never on the event loop; a successful check is remembered for 5 minutes (so a changed
-  password may still work that long in a running worker; ``smarthost reload`` forgets).
+  (HMAC-MD5 states, :meth:`PasswordChecker.cram_secret`), so SCRAM and CRAM-MD5 work too.
+  Hash checks run in a thread pool, never on the event loop; a successful check is remembered
+  for 5 minutes (so a changed password may still work that long in a running worker;
+  ``smarthost reload`` forgets).
 - Both, in the order written: the first method that says yes wins; a method that cannot be
   reached makes the answer temporary unless another one says yes.
 - ``smtpd_sasl_type = dovecot``: the whole exchange is relayed to a Dovecot auth socket
