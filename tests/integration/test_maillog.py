@@ -132,3 +132,19 @@ def test_past_the_soft_error_limit_replies_wait_but_other_sessions_do_not(smarth
     a.sock.settimeout(30)
     assert a.reply()[0] == 554  # delayed, not lost
     logged(s, "NOQUEUE: reject: RCPT from localhost[127.0.0.1]: 554 5.7.1 <r3@foreign.example>: Relay access denied")
+
+
+def test_a_failed_tls_handshake_is_logged_once(server):
+    s = server
+    r = session(s.ports[0])
+    assert r.cmd("STARTTLS")[0] == 220
+    r.send(b"this is not a TLS ClientHello\r\n" * 4)
+    try:
+        r.sock.recv(4096)  # the server gives up on the handshake and closes
+    except OSError:
+        pass
+    r.sock.close()
+    logged(s, "disconnect from localhost[127.0.0.1] ehlo=1 starttls=1 commands=2")
+    log = s.log_text()
+    assert "warning: TLS handshake failed for localhost[127.0.0.1]" in log, s.describe()
+    assert log.count("lost connection after STARTTLS from localhost[127.0.0.1]") == 1, s.describe()

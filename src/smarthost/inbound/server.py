@@ -692,8 +692,7 @@ class Session(asyncio.Protocol):
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", None) or exc.__class__.__name__
             self.maillog.warning(f"TLS handshake failed for {self.label}: {reason}")
-            self.maillog.log(f"lost connection after STARTTLS from {self.label}")
-            if self.transport is not None:
+            if self.transport is not None:  # connection_lost logs "lost connection after STARTTLS"
                 self.transport.abort()
             return
         if transport is None:
