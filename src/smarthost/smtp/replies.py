@@ -112,6 +112,8 @@ TOO_MUCH_INPUT = Reply(421, "4.7.0", "Error: too much pipelined input")
 AUTH_SUCCESSFUL = Reply(235, "2.7.0", "Authentication successful")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
 UNSUPPORTED_MECHANISM = Reply(504, "5.5.4", "Unsupported authentication mechanism")
+# RFC 4954 §6: the mechanism may be used only under an encryption layer (STARTTLS first).
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 CANNOT_DECODE = Reply(501, "5.5.2", "Cannot decode response")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")

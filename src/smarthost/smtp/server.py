@@ -297,8 +297,6 @@ _UTF8_VERBS = frozenset({"MAIL", "RCPT"})  # RFC 6531 §3.3: UTF-8 only in paths
 # RFC 4954 §4: AUTH with an initial response may be followed by pipelined
 # commands only for one-round-trip mechanisms without a security layer.
 _ONE_ROUND_TRIP = frozenset({"PLAIN", "EXTERNAL"})
-# RFC 4954 §6: the mechanism may be used only under an encryption layer (STARTTLS first).
-ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 _AUTH_PREFIX_LEN = 32  # room for "AUTH " + a 20-octet mechanism + " " + CRLF on an AUTH line
 
 
@@ -350,13 +348,7 @@ class ServerConnection:
             self._close(replies.SYNCHRONIZATION, "pre-greeting input")
             return
         self.state = State.AWAIT_HELO
-        banner = self.settings.banner
-        reply = _GREETINGS.get(banner)
-        if reply is None:
-            if len(_GREETINGS) >= 64:
-                _GREETINGS.clear()
-            reply = _GREETINGS[banner] = Reply(220, None, banner)
-        self._send(reply)
+        self._send(_plain_reply(220, self.settings.banner))
 
     def refuse(self, reply: Reply) -> None:
         """Answer the connection with ``reply`` (421/554) instead of a greeting, and close."""
@@ -438,7 +430,7 @@ class ServerConnection:
             self.session.esmtp = event.extended
             self._reset_transaction()
             self.state = State.GREETED
-            default = self._ehlo_reply() if event.extended else Reply(250, None, self.settings.hostname)
+            default = self._ehlo_reply() if event.extended else _plain_reply(250, self.settings.hostname)
         elif isinstance(event, MailFrom):
             self.session.sender = event.address
             self.session.mail_params = event.params
@@ -807,7 +799,7 @@ class ServerConnection:
             self._error("AUTH", replies.syntax("AUTH mechanism [initial-response]"))
         elif mechanism not in self._auth_offered():
             if not self.session.tls_active and mechanism in settings.auth_tls_mechanisms:
-                self._error("AUTH", ENCRYPTION_REQUIRED)  # RFC 4954 §6: offered after STARTTLS only
+                self._error("AUTH", replies.ENCRYPTION_REQUIRED)  # RFC 4954 §6: offered after STARTTLS only
             else:
                 self._error("AUTH", replies.UNSUPPORTED_MECHANISM)
         else:
@@ -896,21 +888,26 @@ class ServerConnection:
         self.session.recipients = []
 
     def _ehlo_reply(self) -> Reply:
-        lines = (self.settings.hostname, *self.capabilities())
-        reply = _EHLO_REPLIES.get(lines)
-        if reply is None:  # a handful of variants per configuration (TLS or not, AUTH or not)
-            if len(_EHLO_REPLIES) >= 64:
-                _EHLO_REPLIES.clear()
-            reply = _EHLO_REPLIES[lines] = Reply(250, None, lines)
-        return reply
+        return _plain_reply(250, (self.settings.hostname, *self.capabilities()))
 
     def _expect_state(self, state: State) -> None:
         if self.state is not state:
             raise RuntimeError(f"not allowed in state {self.state.value}")
 
 
-_EHLO_REPLIES: dict[tuple[str, ...], Reply] = {}  # built once per set of capabilities
-_GREETINGS: dict[str, Reply] = {}  # per banner
+_PLAIN_REPLIES: dict[tuple[int, str | tuple[str, ...]], Reply] = {}
+
+
+def _plain_reply(code: int, text: str | tuple[str, ...]) -> Reply:
+    """A reply without an enhanced code that recurs per session (the greeting, HELO's, EHLO's:
+    a handful of variants per configuration), built once instead of once per session."""
+    key = (code, text)
+    reply = _PLAIN_REPLIES.get(key)
+    if reply is None:
+        if len(_PLAIN_REPLIES) >= 128:  # bounded, whatever the configurations seen
+            _PLAIN_REPLIES.clear()
+        reply = _PLAIN_REPLIES[key] = Reply(code, None, text)
+    return reply
 
 
 def _not_implemented(verb: str) -> Callable[[ServerConnection, str], None]:
