@@ -520,9 +520,7 @@ class QueueManager:
         try:
             if isinstance(read, Exception):
                 raise read
-            if read is None:  # pragma: no cover - every readable entry was read above
-                raise NoSuchEntry(queue_id)
-            body, prior = read
+            body, prior = read  # every entry that reaches here was read by _schedule_due
         except CorruptEntry as exc:
             self.maillog.warning(f"{queue_id}: corrupt queue entry: {exc}")
             return
