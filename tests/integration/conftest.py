@@ -40,3 +40,14 @@ def smarthost(tmp_path: Path) -> Iterator[Callable[..., SmarthostInstance]]:
     yield start
     for instance in started:
         instance.stop()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A config directory (``site/etc``) with only a queue and a data directory, for the queue tools."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text(
+        f"queue_directory = {tmp_path / 'queue'}\ndata_directory = {tmp_path / 'data'}\n")
+    (tmp_path / "data").mkdir()
+    return tmp_path

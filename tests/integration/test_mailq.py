@@ -8,23 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from smarthost.queue import Envelope, QueueStore, Recipient
 
 BODY = b"From: a@example.org\r\nSubject: queued\r\n\r\n" + b"x" * 1500 + b"\r\n"
 HEADER = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
 INDENT = " " * 41
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "main.cf").write_text(
-        f"queue_directory = {tmp_path / 'queue'}\ndata_directory = {tmp_path / 'data'}\n")
-    (tmp_path / "data").mkdir()
-    return tmp_path
 
 
 def submit(site: Path, sender: str, *rcpts: str) -> str:

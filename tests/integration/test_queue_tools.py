@@ -9,21 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from smarthost.queue import Envelope, QueueStore, Recipient
 
 BODY = b"From: a@example.org\r\nSubject: queued\r\n\r\nbody \xff\r\n"
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Path:
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "main.cf").write_text(
-        f"queue_directory = {tmp_path / 'queue'}\ndata_directory = {tmp_path / 'data'}\n")
-    (tmp_path / "data").mkdir()
-    return tmp_path
 
 
 def submit(site: Path, n: int) -> list[str]:
