@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures
 import enum
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -268,6 +269,30 @@ def _lock_within(fd: int, timeout: float, path: Path) -> None:
             if time.monotonic() >= deadline:
                 raise QueueError(f"queue lock {path} not obtained within {timeout:g}s") from None
         delay = min(delay * 2, 0.001)
+
+
+_ROWS_PER_INSERT = 256  # SQLite allows 32766 parameters per statement (3.32+); a row has <= 7
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
+    """INSERT ``rows`` with one multi-row statement per chunk instead of one step per row.
+
+    Each statement SQLite runs costs the committer a release and re-acquisition of the GIL,
+    which it shares with the event loop: with ``executemany`` a batch of n messages cost
+    3n + 2 of them, now it costs 5.
+    """
+    if not rows:
+        return
+    head, _, values = insert.partition(" VALUES ")
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        sql = _multi_insert_sql(head, values, len(chunk))
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_insert_sql(head: str, values: str, count: int) -> str:
+    return f"{head} VALUES {','.join([values] * count)}"
 
 
 def _failure(cause: BaseException) -> QueueError:
@@ -537,6 +562,15 @@ class QueueStore:
         pending = self._pending
         while True:
             item = pending.get()
+            # The writers' lock first, then the batch: whatever arrives while another process
+            # commits (several workers share the queue) joins this batch instead of waiting for
+            # a commit of its own.
+            try:
+                _lock_within(self._writer_lock_fd, self._busy_timeout, self.directory / LOCK_NAME)
+            except QueueError as exc:
+                lock_error: QueueError | None = exc
+            else:
+                lock_error = None
             batch: list[_Pending] = []
             closing = False
             while True:
@@ -548,13 +582,19 @@ class QueueStore:
                     item = pending.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                self._commit_batch(batch)
+            try:
+                if batch:
+                    self._commit_batch(batch, lock_error)
+            finally:
+                if lock_error is None:
+                    fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
             if closing:
                 return
 
-    def _commit_batch(self, batch: list[_Pending]) -> None:
+    def _commit_batch(self, batch: list[_Pending], lock_error: QueueError | None) -> None:
         try:
+            if lock_error is not None:
+                raise lock_error
             self._write_batch(batch)
         except Exception as exc:  # disk full, I/O error, lock timeout, ...: 451 for all
             self._failed_commits += 1
@@ -570,23 +610,19 @@ class QueueStore:
             self._settle(batch, None)
 
     def _write_batch(self, batch: list[_Pending]) -> None:
+        """One transaction for the batch; the caller holds the writers' lock."""
         if self._synchronous and any(item.body_file is not None for item in batch):
             os.fsync(self._bodies_fd)  # body files' directory entries before the rows
         conn = self._writer
-        _lock_within(self._writer_lock_fd, self._busy_timeout, self.directory / LOCK_NAME)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT_MESSAGE, [item.message_row for item in batch])
-            conn.executemany(_INSERT_RECIPIENT, [r for item in batch for r in item.recipient_rows])
-            bodies = [item.body_row for item in batch if item.body_row is not None]
-            if bodies:
-                conn.executemany(_INSERT_BODY, bodies)
+            _insert_rows(conn, _INSERT_MESSAGE, [item.message_row for item in batch])
+            _insert_rows(conn, _INSERT_RECIPIENT, [r for item in batch for r in item.recipient_rows])
+            _insert_rows(conn, _INSERT_BODY, [item.body_row for item in batch if item.body_row is not None])
             conn.execute("COMMIT")
         except BaseException:
             self._abandon_transaction()
             raise
-        finally:
-            fcntl.flock(self._writer_lock_fd, fcntl.LOCK_UN)
 
     def _abandon_transaction(self) -> None:
         if not self._writer.in_transaction:
