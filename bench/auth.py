@@ -15,7 +15,9 @@ Targets (``--targets``):
 
 Loopback is not in ``mynetworks``, so every message is relayed because its client
 authenticated. Messages stay queued (Postfix: held on arrival; smarthost: no queue manager), as
-in accept.py. The load comes from ``bench/authload.py`` (asyncio + ssl, its own process): for each
+in accept.py. The load comes from ``bench/authload.c``, a small C client on OpenSSL (one thread
+per concurrent client), which this script compiles into its work directory at start (Debian
+packages ``gcc libc6-dev libssl-dev``) and runs as its own process, once per run: for each
 shape (concurrent clients × messages per connection) every target gets ``--runs`` runs,
 alternating which target goes first. Each run measures msgs/s, per-message latency (p50/p99),
 the server's CPU (its process tree plus its auth daemon's) and the client's own CPU, and checks
@@ -69,7 +71,8 @@ TARGETS = ("postfix", "smarthost", "smarthost-auxprop", "smarthost-cyrus")
 SENDER = "submitter@" + BENCH_DOMAIN
 RECIPIENT = "rcpt@remote.example"  # a foreign domain: relayed only because the client authenticated
 QUEUE_SETTLE = 15.0  # seconds to wait for the queue count to reach what was sent
-LOAD_CLIENT = Path(__file__).resolve().parent / "authload.py"
+LOAD_CLIENT_SOURCE = Path(__file__).resolve().parent / "authload.c"
+LOAD_CLIENT_PACKAGES = "gcc libc6-dev libssl-dev"  # Debian's, for compiling it
 
 
 @dataclass
@@ -105,11 +108,50 @@ class Run:
     tls: str
 
 
-def run_client(spec: dict) -> dict:
-    result = subprocess.run([sys.executable, str(LOAD_CLIENT)], input=json.dumps(spec), capture_output=True,
-                            text=True, timeout=900)
+# --- the load client ---------------------------------------------------------------------
+
+
+def build_client(workdir: Path) -> Path:
+    """Compile ``bench/authload.c`` into ``workdir``; PeerError naming the packages if it cannot."""
+    binary = workdir / "authload"
+    hint = (f"the load client {LOAD_CLIENT_SOURCE.name} needs a C compiler and OpenSSL's headers: "
+            f"apt-get install {LOAD_CLIENT_PACKAGES} (scripts/install-peers.sh installs them)")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise PeerError(f"no C compiler (cc): {hint}")
+    argv = [compiler, "-O2", "-Wall", "-o", str(binary), str(LOAD_CLIENT_SOURCE), "-lssl", "-lcrypto", "-lpthread"]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0 or not binary.exists():
+        raise PeerError(f"{' '.join(argv)} failed:\n{result.stderr[:2000]}\n{hint}")
+    return binary
+
+
+def write_users_file(workdir: Path, users: dict[str, str]) -> Path:
+    """``login<TAB>password`` lines for the load client, mode 0600 (not on its command line)."""
+    path = workdir / "authload-users"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{login}\t{password}\n" for login, password in users.items())
+    return path
+
+
+# spec key -> the load client's option
+CLIENT_OPTIONS = {"host": "--host", "port": "--port", "clients": "--clients", "messages": "--messages",
+                  "per_conn": "--per-conn", "size": "--size", "cafile": "--cafile", "server_name": "--server-name",
+                  "sender": "--sender", "recipient": "--recipient", "users_file": "--users"}
+
+
+def run_client(client: Path, spec: dict) -> dict:
+    """Run the load client with ``spec`` as its options; its JSON result."""
+    argv = [str(client)]
+    for key, option in CLIENT_OPTIONS.items():
+        if key in spec:
+            argv += [option, str(spec[key])]
+    if spec.get("warmup"):
+        argv.append("--warmup")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        raise PeerError(f"{LOAD_CLIENT.name} exited {result.returncode}:\n{result.stderr[-3000:]}")
+        raise PeerError(f"{client.name} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout)
 
 
@@ -124,13 +166,13 @@ def wait_for_count(target: Target, expected: int) -> int:
     return count
 
 
-def one_run(target: Target, base_spec: dict, messages: int, shape: Shape) -> Run:
+def one_run(client: Path, target: Target, base_spec: dict, messages: int, shape: Shape) -> Run:
     wait_for_time_wait_below()
     before_count = target.queued()
     spec = {**base_spec, "port": target.port, "messages": messages, "clients": shape.clients,
             "per_conn": shape.per_conn}
     cpu_before = cpu_seconds(target)
-    result = run_client(spec)
+    result = run_client(client, spec)
     cpu = cpu_seconds(target) - cpu_before
     if result["error_count"] or result["ok"] != messages:
         raise PeerError(f"{target.name}, {shape}: {result['ok']} of {messages} messages accepted, "
@@ -276,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[PostfixInstance | SmarthostInstance] = []
     targets: list[Target] = []
     try:
+        client = build_client(workdir)
         tls = make_tls_files(workdir / "tls", "mail.bench.example")
         cyrus = authd = None
         if {"postfix", "smarthost-cyrus"} & set(args.target_names):
@@ -304,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"queues under {workdir}; {', '.join(f'{t.name} on port {t.port}' for t in targets)}")
 
         base_spec = {"host": "127.0.0.1", "server_name": "localhost", "cafile": str(tls.ca), "size": args.size,
-                     "sender": SENDER, "recipient": RECIPIENT, "users": [[u, p] for u, p in users.items()]}
+                     "sender": SENDER, "recipient": RECIPIENT, "users_file": str(write_users_file(workdir, users))}
         for target in targets:  # every user logs in once: the credential caches start warm
-            warm = run_client({**base_spec, "port": target.port, "warmup": True})
+            warm = run_client(client, {**base_spec, "port": target.port, "warmup": True})
             if warm["error_count"]:
                 raise PeerError(f"{target.name}: warm-up logins failed: {warm['errors']}")
 
@@ -314,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape in args.shape_list:
             for i in range(args.runs):
                 for target in targets if i % 2 == 0 else targets[::-1]:
-                    run = one_run(target, base_spec, args.messages, shape)
+                    run = one_run(client, target, base_spec, args.messages, shape)
                     runs.append(run)
                     print(f"{str(shape):<23} run {i + 1}  {target.name:<18}{run.msgs_per_s:>7.0f} msgs/s"
                           f"  p50 {run.latency_p50_ms:>6.1f} ms  p99 {run.latency_p99_ms:>7.1f} ms"

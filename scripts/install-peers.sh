@@ -5,12 +5,14 @@
 set -euo pipefail
 # swaks needs Net::SSLeay for --tls, Authen::SASL for some mechanisms and Digest::HMAC_MD5 for
 # CRAM-MD5: Debian only recommends them, and recommends are not installed here.
+# gcc, libc6-dev and libssl-dev: bench/auth.py compiles its load client (bench/authload.c).
 pkgs=(postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl libdigest-hmac-perl sasl2-bin
-      libsasl2-modules msmtp testssl.sh openssl postgresql dovecot-core)
-cmds=(postfix swaks saslauthd msmtp testssl openssl smtp-source pg_ctlcluster doveadm)
+      libsasl2-modules msmtp testssl.sh openssl postgresql dovecot-core gcc libc6-dev libssl-dev)
+cmds=(postfix swaks saslauthd msmtp testssl openssl smtp-source pg_ctlcluster doveadm cc)
 missing=0
 for c in "${cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
 [ -x /usr/sbin/postfix ] || missing=1
+[ -f /usr/include/stdio.h ] && [ -f /usr/include/openssl/ssl.h ] || missing=1
 perl -MNet::SSLeay -MIO::Socket::SSL -MAuthen::SASL -MDigest::HMAC_MD5 -e 1 2>/dev/null || missing=1
 [ "$missing" = 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
