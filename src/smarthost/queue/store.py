@@ -7,12 +7,14 @@ transaction holding the message has been committed with ``synchronous=FULL``,
 i.e. fsync'd (RFC 5321 §6.1: once the server has accepted the message it must
 not lose it).
 
-Group commit: each process runs one committer thread. Submitters put their
-prepared rows on a queue; the committer takes everything that is waiting,
-commits it as one transaction and then wakes the waiters, with one
-``call_soon_threadsafe`` per event loop. The next batch is whatever arrived
-while the last commit ran; there is no timer, so a lone message is committed
-at once and batches grow by themselves under load.
+Group commit: each process runs one committer thread. An event loop hands
+the messages that ended in one loop iteration over together (one wake-up of
+the committer for all of them); the committer takes the writers' lock, then
+everything that is waiting, commits it as one transaction and wakes the
+waiters, with one ``call_soon_threadsafe`` per event loop. The next batch is
+whatever arrived while the last commit ran (or while another process held the
+lock); there is no timer, so a lone message is committed at once and batches
+grow by themselves under load.
 
 Bodies larger than ``large_body_threshold`` go to their own file
 ``bodies/<queue id>``, written and fsync'd by the submitter before the message
@@ -26,7 +28,7 @@ then the database lock with ``BEGIN IMMEDIATE``, and wait up to ``busy_timeout``
 each; a batch that does not get them in time fails with QueueError (451). A store must not be
 used across ``fork()``: open it in the process that uses it.
 
-docs/queue.md describes the schema and the durability argument.
+ARCHITECTURE.md ("The queue store") describes the schema and the durability argument.
 """
 
 from __future__ import annotations
@@ -362,6 +364,7 @@ class QueueStore:
         self._pending: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop submit() last ran on
         self._submit_lock = threading.Lock()
+        self._staged: list[_Pending] = []  # submitted in this loop iteration (submit_nowait)
         self._closed = False
         self._commits = self._messages = self._failed_commits = self._largest_batch = 0
         self._thread = threading.Thread(target=self._run, name="queue-committer", daemon=True)
@@ -459,11 +462,24 @@ class QueueStore:
         item.loop = loop
         item.waiter = done
         if item.body_file is None:
-            self._enqueue([item])
+            # Handed over once per loop iteration: the messages that ended in one iteration
+            # share a commit, and the committer is woken once for them.
+            staged = self._staged
+            staged.append(item)
+            if len(staged) == 1:
+                loop.call_soon(self._hand_over)
         else:  # the large body's own file is written and fsync'd first, off the loop
             written = loop.run_in_executor(None, self._write_body_file, item.body_file, body)
             written.add_done_callback(lambda f: self._body_written(item, f))
         return item.queue_id
+
+    def _hand_over(self) -> None:
+        items, self._staged = self._staged, []
+        try:
+            self._enqueue(items)
+        except QueueError as exc:  # closed meanwhile: nothing was stored
+            for item in items:
+                item.waiter(item.queue_id, exc)
 
     def _body_written(self, item: _Pending, written: asyncio.Future) -> None:
         error = written.exception()
@@ -978,6 +994,9 @@ class QueueStore:
             if self._closed:
                 return
             self._closed = True
+            if self._staged:  # submitted in this loop iteration: committed too
+                self._pending.put(self._staged)
+                self._staged = []
             self._pending.put(None)
         self._thread.join()
         self._writer.close()
