@@ -15,13 +15,17 @@ Targets (``--targets``):
 
 Loopback is not in ``mynetworks``, so every message is relayed because its client
 authenticated. Messages stay queued (Postfix: held on arrival; smarthost: no queue manager), as
-in accept.py. The load comes from ``bench/authload.c``, a small C client on OpenSSL (one thread
-per concurrent client), which this script compiles into its work directory at start (Debian
-packages ``gcc libc6-dev libssl-dev``) and runs as its own process, once per run: for each
-shape (concurrent clients × messages per connection) every target gets ``--runs`` runs,
-alternating which target goes first. Each run measures msgs/s, per-message latency (p50/p99),
-the server's CPU (its process tree plus its auth daemon's) and the client's own CPU, and checks
-that every message got its 250 and that the queue grew by exactly that many.
+in accept.py. The load comes from ``bench/authload.c``, a small C client on OpenSSL that is
+single-threaded and event-driven like ``smtp-source``: one process, one thread, non-blocking
+sockets and non-blocking TLS on epoll, a state machine per connection. (A thread per client
+made every reply of the server wake a blocked thread, often on the other core, and on two
+cores those wake-ups cost both sides more CPU than the work they measure; see bench/README.md.)
+This script compiles it into its work directory at start (Debian packages ``gcc libc6-dev
+libssl-dev``) and runs it as its own process, once per run: for each shape (concurrent clients
+× messages per connection) every target gets ``--runs`` runs, alternating which target goes
+first. Each run measures msgs/s, per-message latency (p50/p99), the server's CPU (its process
+tree plus its auth daemon's) and the client's own CPU, and checks that every message got its
+250 and that the queue grew by exactly that many.
 
 Run as root on Debian with the peers installed, from the repository:
 ``.venv/bin/python bench/auth.py [--messages 2000] [--runs 3] [--shapes 20x10,100x10,20x1,100x1]``.
@@ -119,7 +123,7 @@ def build_client(workdir: Path) -> Path:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise PeerError(f"no C compiler (cc): {hint}")
-    argv = [compiler, "-O2", "-Wall", "-o", str(binary), str(LOAD_CLIENT_SOURCE), "-lssl", "-lcrypto", "-lpthread"]
+    argv = [compiler, "-O2", "-Wall", "-o", str(binary), str(LOAD_CLIENT_SOURCE), "-lssl", "-lcrypto"]
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0 or not binary.exists():
         raise PeerError(f"{' '.join(argv)} failed:\n{result.stderr[:2000]}\n{hint}")

@@ -2,12 +2,16 @@
  * Load client for authenticated submission; bench/auth.py compiles it into its work directory
  * and runs it as its own process:
  *
- *     cc -O2 -Wall -o WORKDIR/authload bench/authload.c -lssl -lcrypto -lpthread
+ *     cc -O2 -Wall -o WORKDIR/authload bench/authload.c -lssl -lcrypto
  *
  * smtp-source cannot authenticate, and a Python client costs about as much CPU per message as
- * the server it measures, so this is a small C client on OpenSSL: one POSIX thread per
- * concurrent client, blocking sockets, blocking SSL_read/SSL_write. Each client repeats a
- * session until the run's messages are used up:
+ * the server it measures, so this is a small C client on OpenSSL. It is single-threaded and
+ * event-driven, like smtp-source, wrk or h2load: one process, one thread, non-blocking sockets,
+ * one epoll set, non-blocking OpenSSL, and one state machine per connection (struct conn,
+ * enum phase). A thread per client would make every reply from the server wake a blocked
+ * thread, often on the other core; on a 2-core machine those wake-ups cost the server and the
+ * client more than the work itself (see bench/README.md). --clients connections are open at
+ * once; each repeats a session until the run's messages are used up:
  *
  *     connect, 220, EHLO, STARTTLS (RFC 3207), TLS handshake verifying the server's certificate
  *     against --cafile with the host name --server-name (also sent as SNI), EHLO again,
@@ -23,7 +27,12 @@
  * first message of a session from just before connect(): connecting, TLS and AUTH included),
  * per message the transaction (MAIL FROM written until the final 250), per session the set-up
  * (connect until 235), the run's wall time and the process's own CPU time (getrusage
- * RUSAGE_SELF, user + system, all threads).
+ * RUSAGE_SELF, user + system).
+ *
+ * Each step of a session (connecting, one command and its reply, the TLS handshake, the TLS
+ * close) has REPLY_TIMEOUT_S from when it starts: a deadline per connection, kept in a list in
+ * deadline order (every deadline is "now + the same timeout", so appending keeps it sorted),
+ * whose head is epoll_wait's timeout.
  *
  * Options: --host --port --clients --messages --per-conn --size --cafile --server-name
  * --sender --recipient --users FILE (lines "login<TAB>password"; a file, so that passwords
@@ -45,12 +54,13 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -63,19 +73,21 @@
 #include <openssl/x509v3.h>
 
 #ifndef REPLY_TIMEOUT_S
-#define REPLY_TIMEOUT_S 60       /* seconds; see fill() (-D to test with less) */
+#define REPLY_TIMEOUT_S 60       /* seconds per step of a session (-D to test with less) */
 #endif
 #define MAX_LINE 4096            /* one reply line, CRLF included; longer is an error */
 #define MAX_REPLY_LINES 100      /* lines of one multi-line reply */
 #define READ_BUF 16384           /* per connection; larger than MAX_LINE */
 #define ERROR_TEXT_MAX 1024
+#define REPLY_TEXT (ERROR_TEXT_MAX - 64)  /* a reply's lines, for an error text */
 #define MAX_ERRORS_KEPT 5
 #define MAX_FIELD 512            /* host, server name, addresses, login, password */
 #define MAX_CLIENTS 10000
 #define MAX_MESSAGES 10000000L
 #define MAX_SIZE (64L << 20)
 #define MAX_USERS 100000
-#define THREAD_STACK (512 * 1024)
+#define MAX_EVENTS 256           /* per epoll_wait */
+#define CLOSE_READS 16           /* records read after our close_notify, waiting for the server's */
 
 static const char EHLO[] = "EHLO client.bench.example\r\n";
 
@@ -91,9 +103,43 @@ struct user {
     size_t auth_len;
 };
 
+/* Where a connection is in its session. From GREETING to QUIT a phase is one step: the
+ * command in out (none for GREETING, RCPT and DATA, whose commands went with MAIL's), then
+ * its reply, which must have the code expected[phase]. */
+enum phase {
+    IDLE,                        /* no session (the run's messages are used up) */
+    CONNECTING,                  /* non-blocking connect() in progress */
+    GREETING, EHLO_PLAIN, START_TLS,
+    HANDSHAKE,                   /* SSL_connect() */
+    EHLO_TLS, AUTH, MAIL, RCPT, DATA, DOT, QUIT,
+    SHUTDOWN,                    /* our close_notify */
+    CLOSING,                     /* reading until the server's close_notify (or end of stream) */
+};
+
+static const int expected[CLOSING + 1] = {
+    [GREETING] = 220, [EHLO_PLAIN] = 250, [START_TLS] = 220, [EHLO_TLS] = 250, [AUTH] = 235,
+    [MAIL] = 250, [RCPT] = 250, [DATA] = 354, [DOT] = 250, [QUIT] = 221,
+};
+
 struct conn {
+    enum phase phase;
     int fd;
     SSL *ssl;
+    const struct user *user;
+    long count;                  /* messages this session has still to send */
+    double opened;               /* just before connect() */
+    double since;                /* the current message's latency counts from here */
+    double began;                /* its MAIL FROM was written */
+    const char *out;             /* the step's command; out[sent..out_len) is still to write */
+    size_t out_len, sent;
+    int lines;                   /* lines of the reply so far */
+    size_t text_len;
+    char text[REPLY_TEXT];       /* those lines, joined by " / " */
+    int may_read;                /* epoll reported the socket since our last read */
+    uint32_t events;             /* what epoll watches for (0: fd not in the epoll set) */
+    int close_reads;             /* CLOSING: reads left */
+    double deadline;             /* for the current step */
+    struct conn *prev, *next;    /* in the deadline list */
     size_t start, end;           /* unread bytes: buf[start..end) */
     char buf[READ_BUF];
     char err[ERROR_TEXT_MAX];
@@ -102,6 +148,7 @@ struct conn {
 /* Read-only after start-up. */
 static struct options opt;
 static SSL_CTX *ctx;
+static int send_sni;             /* --server-name is a name, not an address */
 static struct sockaddr_storage server_addr;
 static socklen_t server_addr_len;
 static char *message, *envelope;
@@ -109,8 +156,11 @@ static size_t message_len, envelope_len;
 static struct user *users;
 static size_t user_count;
 
-/* Shared by the client threads, under lock. */
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+/* The run. */
+static int epfd;
+static struct conn *first_due, *last_due;  /* connections with a deadline, earliest first */
+static long active;                /* connections not IDLE */
+static size_t warmup_next;         /* --warmup: the next user to log in */
 static long remaining, ok_count, error_count;
 static char errors[MAX_ERRORS_KEPT][ERROR_TEXT_MAX];
 static int errors_kept;
@@ -150,7 +200,6 @@ static double cpu_seconds(void)
 
 static void record_error(long count, const char *prefix, const char *text)
 {
-    pthread_mutex_lock(&lock);
     error_count += count;
     for (long i = 0; i < count && errors_kept < MAX_ERRORS_KEPT; i++) {
         char *out = errors[errors_kept++];  /* prefix and text, cut to ERROR_TEXT_MAX - 1 */
@@ -161,39 +210,34 @@ static void record_error(long count, const char *prefix, const char *text)
         memcpy(out + a, text, b);
         out[a + b] = '\0';
     }
-    pthread_mutex_unlock(&lock);
 }
 
 static void record_setup(double seconds)
 {
-    pthread_mutex_lock(&lock);
     if (setup_n < opt.messages)
         setups[setup_n++] = seconds;
-    pthread_mutex_unlock(&lock);
 }
 
 static void record_message(double transaction, double latency)
 {
-    pthread_mutex_lock(&lock);
     ok_count++;
     if (latency_n < opt.messages) {
         transactions[latency_n] = transaction;
         latencies[latency_n++] = latency;
     }
-    pthread_mutex_unlock(&lock);
 }
 
 /* How many messages the next session sends (0: the run's messages are used up). */
 static long take_messages(void)
 {
-    pthread_mutex_lock(&lock);
     long count = remaining < opt.per_conn ? remaining : opt.per_conn;
     remaining -= count;
-    pthread_mutex_unlock(&lock);
     return count;
 }
 
-/* --- one connection ---------------------------------------------------------------------- */
+/* --- one connection: I/O ----------------------------------------------------------------
+ * The I/O functions return 1 when done, 0 when the connection must wait (what for is set in
+ * epoll), -1 on failure (the text in c->err). */
 
 static int fail(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -206,24 +250,60 @@ static int fail(struct conn *c, const char *fmt, ...)
     return -1;
 }
 
-/* After an SSL call returned ret <= 0: say why (saved_errno is errno right after the call). */
-static int ssl_fail(struct conn *c, const char *what, int ret, int saved_errno)
+/* Wait until the socket is readable (EPOLLIN) or writable (EPOLLOUT); epoll_ctl() only when
+ * that changes. Level-triggered: what is there when we start waiting is reported at once. */
+static int wait_for(struct conn *c, uint32_t events)
+{
+    char ebuf[128];
+
+    if (c->events != events) {
+        struct epoll_event ev = {.events = events, .data.ptr = c};
+        if (epoll_ctl(epfd, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &ev) < 0)
+            return fail(c, "epoll_ctl: %s", strerror_r(errno, ebuf, sizeof ebuf));
+        c->events = events;
+    }
+    return 0;
+}
+
+/* The current step gets REPLY_TIMEOUT_S from now: to the end of the deadline list. */
+static void unlink_deadline(struct conn *c)
+{
+    if (!c->prev && first_due != c)
+        return;  /* not in the list */
+    *(c->prev ? &c->prev->next : &first_due) = c->next;
+    *(c->next ? &c->next->prev : &last_due) = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void set_deadline(struct conn *c)
+{
+    unlink_deadline(c);
+    c->deadline = now() + REPLY_TIMEOUT_S;
+    c->prev = last_due;
+    *(last_due ? &last_due->next : &first_due) = c;
+    last_due = c;
+}
+
+/* After an SSL call returned ret <= 0 (saved_errno: errno right after it): wait for what it
+ * wants, or say why it failed. */
+static int ssl_wait(struct conn *c, const char *what, int ret, int saved_errno)
 {
     int kind = SSL_get_error(c->ssl, ret);
-    unsigned long code = ERR_get_error();
-    long verify = SSL_get_verify_result(c->ssl);
     char detail[256], ebuf[128];
 
+    if (kind == SSL_ERROR_WANT_READ)
+        return wait_for(c, EPOLLIN);
+    if (kind == SSL_ERROR_WANT_WRITE)
+        return wait_for(c, EPOLLOUT);
+    unsigned long code = ERR_get_error();
+    long verify = SSL_get_verify_result(c->ssl);
+    ERR_clear_error();  /* one thread, one error queue: nothing left for the next connection */
     if (verify != X509_V_OK)
         return fail(c, "%s: certificate verification failed: %s", what, X509_verify_cert_error_string(verify));
     if (code) {
         ERR_error_string_n(code, detail, sizeof detail);
-        ERR_clear_error();
         return fail(c, "%s: %s", what, detail);
     }
-    if (kind == SSL_ERROR_WANT_READ || kind == SSL_ERROR_WANT_WRITE ||  /* a socket timeout expired */
-        (kind == SSL_ERROR_SYSCALL && (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK)))
-        return fail(c, "%s: timeout (%d s)", what, REPLY_TIMEOUT_S);
     if (kind == SSL_ERROR_SYSCALL && saved_errno)
         return fail(c, "%s: %s", what, strerror_r(saved_errno, ebuf, sizeof ebuf));
     if (kind == SSL_ERROR_ZERO_RETURN || kind == SSL_ERROR_SYSCALL)
@@ -231,11 +311,37 @@ static int ssl_fail(struct conn *c, const char *what, int ret, int saved_errno)
     return fail(c, "%s: SSL error %d", what, kind);
 }
 
-/* Read more bytes into c->buf: > 0 bytes read, 0 end of stream, -1 error (c->err).
- * The reply timeout: every blocking read waits at most REPLY_TIMEOUT_S (SO_RCVTIMEO, one
- * system call per read instead of poll + read), and a line still incomplete REPLY_TIMEOUT_S
- * after it was started fails before the next read. */
-static int fill(struct conn *c, double deadline, int expected)
+/* Write the rest of the step's command (partial writes: the rest waits for EPOLLOUT). */
+static int flush(struct conn *c)
+{
+    char ebuf[128];
+
+    while (c->sent < c->out_len) {
+        size_t left = c->out_len - c->sent;
+        if (c->ssl) {
+            ERR_clear_error();
+            int n = SSL_write(c->ssl, c->out + c->sent, (int)left);  /* <= MAX_SIZE + headers */
+            if (n <= 0)
+                return ssl_wait(c, "TLS write", n, errno);
+            c->sent += (size_t)n;  /* SSL_MODE_ENABLE_PARTIAL_WRITE: whole records, maybe not all */
+        } else {
+            ssize_t n = send(c->fd, c->out + c->sent, left, MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return wait_for(c, EPOLLOUT);
+            if (n < 0)
+                return fail(c, "write: %s", strerror_r(errno, ebuf, sizeof ebuf));
+            c->sent += (size_t)n;
+        }
+    }
+    return 1;
+}
+
+/* Read what has arrived into c->buf. A read is tried only when epoll has reported the socket
+ * since the last one, or OpenSSL holds bytes it has read ahead; otherwise the connection waits
+ * without a read() that would only say EAGAIN. */
+static int fill(struct conn *c)
 {
     char ebuf[128];
 
@@ -244,20 +350,20 @@ static int fill(struct conn *c, double deadline, int expected)
         c->end -= c->start;
         c->start = 0;
     }
-    if (now() > deadline)
-        return fail(c, "timeout (%d s) waiting for %d", REPLY_TIMEOUT_S, expected);
+    if (!c->may_read && !(c->ssl && SSL_has_pending(c->ssl)))
+        return wait_for(c, EPOLLIN);
+    c->may_read = 0;
     if (c->ssl) {
+        ERR_clear_error();
         int n = SSL_read(c->ssl, c->buf + c->end, (int)(sizeof c->buf - c->end));
         if (n > 0) {
             c->end += (size_t)n;
-            return n;
+            return 1;
         }
-        int saved_errno = errno, kind = SSL_get_error(c->ssl, n);
-        if (kind == SSL_ERROR_ZERO_RETURN)
-            return 0;
-        if (kind == SSL_ERROR_WANT_READ || kind == SSL_ERROR_WANT_WRITE)  /* SO_RCVTIMEO expired */
-            return fail(c, "timeout (%d s) waiting for %d", REPLY_TIMEOUT_S, expected);
-        return ssl_fail(c, "TLS read", n, saved_errno);
+        int saved_errno = errno;
+        if (SSL_get_error(c->ssl, n) == SSL_ERROR_ZERO_RETURN)
+            return fail(c, "connection closed while waiting for %d", expected[c->phase]);
+        return ssl_wait(c, "TLS read", n, saved_errno);
     }
     ssize_t n;
     do
@@ -268,37 +374,10 @@ static int fill(struct conn *c, double deadline, int expected)
         return 1;
     }
     if (n == 0)
-        return 0;
+        return fail(c, "connection closed while waiting for %d", expected[c->phase]);
     if (errno == EAGAIN || errno == EWOULDBLOCK)
-        return fail(c, "timeout (%d s) waiting for %d", REPLY_TIMEOUT_S, expected);
+        return wait_for(c, EPOLLIN);
     return fail(c, "read: %s", strerror_r(errno, ebuf, sizeof ebuf));
-}
-
-/* One line, "\n" included, into line (at least MAX_LINE + 1 bytes), NUL-terminated. */
-static int read_line(struct conn *c, char *line, size_t *len, int expected)
-{
-    double deadline = now() + REPLY_TIMEOUT_S;
-    for (;;) {
-        char *nl = memchr(c->buf + c->start, '\n', c->end - c->start);
-        if (nl) {
-            size_t n = (size_t)(nl - (c->buf + c->start)) + 1;
-            if (n > MAX_LINE)
-                break;
-            memcpy(line, c->buf + c->start, n);
-            line[n] = '\0';
-            *len = n;
-            c->start += n;
-            return 0;
-        }
-        if (c->end - c->start >= MAX_LINE)
-            break;
-        int r = fill(c, deadline, expected);
-        if (r == 0)
-            return fail(c, "connection closed while waiting for %d", expected);
-        if (r < 0)
-            return -1;
-    }
-    return fail(c, "reply line longer than %d bytes while waiting for %d", MAX_LINE, expected);
 }
 
 /* Append n bytes of s to the NUL-terminated text (capacity cap), cut with "..." when full. */
@@ -317,193 +396,302 @@ static void append(char *text, size_t cap, size_t *used, const char *s, size_t n
     text[*used] = '\0';
 }
 
-/* Read one (possibly multi-line) reply; -1 (c->err) unless its code is expected. */
-static int reply(struct conn *c, int expected)
+/* The step's reply from what c->buf holds: 1 complete with the expected code, 0 incomplete,
+ * -1 anything else (c->err). */
+static int parse_reply(struct conn *c)
 {
-    char line[MAX_LINE + 1], text[ERROR_TEXT_MAX - 64];
-    size_t len = 0, used = 0;
+    int want = expected[c->phase];
 
-    text[0] = '\0';
-    for (int lines = 0;; lines++) {
-        if (lines == MAX_REPLY_LINES)
-            return fail(c, "more than %d reply lines while waiting for %d", MAX_REPLY_LINES, expected);
-        if (read_line(c, line, &len, expected) < 0)
-            return -1;
+    for (;;) {
+        char *line = c->buf + c->start;
+        char *nl = memchr(line, '\n', c->end - c->start);
+        if (!nl && c->end - c->start < MAX_LINE)
+            return 0;
+        size_t len = nl ? (size_t)(nl - line) + 1 : MAX_LINE + 1;
+        if (len > MAX_LINE)
+            return fail(c, "reply line longer than %d bytes while waiting for %d", MAX_LINE, want);
+        c->start += len;
         int last = len < 4 || line[3] != '-';
-        while (len > 0 && strchr(" \t\r\n\v\f", line[len - 1]))
-            line[--len] = '\0';
-        if (lines)  /* the reply's lines joined by " / ", for an error text */
-            append(text, sizeof text, &used, " / ", 3);
-        append(text, sizeof text, &used, line, len);
+        while (len > 0 && strchr(" \t\r\n\v\f", line[len - 1]))  /* NUL too, as before */
+            len--;
+        if (c->lines)  /* the reply's lines joined by " / ", for an error text */
+            append(c->text, sizeof c->text, &c->text_len, " / ", 3);
+        append(c->text, sizeof c->text, &c->text_len, line, len);
         if (last) {
             if (len >= 3 && line[0] >= '0' && line[0] <= '9' && line[1] >= '0' && line[1] <= '9' &&
                 line[2] >= '0' && line[2] <= '9' &&
-                (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0') == expected)
-                return 0;
-            return fail(c, "expected %d, got \"%s\"", expected, text);
+                (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0') == want)
+                return 1;
+            return fail(c, "expected %d, got \"%s\"", want, c->text);
         }
+        if (++c->lines == MAX_REPLY_LINES)
+            return fail(c, "more than %d reply lines while waiting for %d", MAX_REPLY_LINES, want);
     }
 }
 
-static int write_all(struct conn *c, const char *data, size_t len)
+/* --- one connection: the session ------------------------------------------------------------ */
+
+/* Enter a phase: its command (or none), an empty reply, a new deadline. */
+static void begin(struct conn *c, enum phase phase, const char *out, size_t len)
 {
-    char ebuf[128];
-
-    if (c->ssl) {
-        int n = SSL_write(c->ssl, data, (int)len);  /* len <= MAX_SIZE + headers: fits an int */
-        if (n > 0)
-            return 0;
-        return ssl_fail(c, "TLS write", n, errno);
-    }
-    while (len > 0) {
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return fail(c, "timeout (%d s) writing", REPLY_TIMEOUT_S);
-        if (n < 0)
-            return fail(c, "write: %s", strerror_r(errno, ebuf, sizeof ebuf));
-        data += n;
-        len -= (size_t)n;
-    }
-    return 0;
+    c->phase = phase;
+    c->out = out;
+    c->out_len = len;
+    c->sent = 0;
+    c->lines = 0;
+    c->text_len = 0;
+    c->text[0] = '\0';
+    set_deadline(c);
 }
 
-static int command(struct conn *c, const char *line, size_t len, int expected)
-{
-    if (write_all(c, line, len) < 0)
-        return -1;
-    return reply(c, expected);
-}
-
-static void close_conn(struct conn *c, int clean)
+static void close_conn(struct conn *c)
 {
     if (c->ssl) {
-        /* After 221: our close_notify, then the server's (or its end of stream), as the Python
-         * client did; the connection ends with nothing unread, so close() sends a FIN, not RST. */
-        if (clean && SSL_shutdown(c->ssl) == 0) {
-            char scratch[512];
-            for (int i = 0; i < 16 && SSL_read(c->ssl, scratch, sizeof scratch) > 0; i++)
-                ;
-        }
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
     if (c->fd >= 0)
-        close(c->fd);
+        close(c->fd);  /* also takes it out of the epoll set */
     ERR_clear_error();  /* nothing left over for the next session's error texts */
+    unlink_deadline(c);
     c->fd = -1;
+    c->events = 0;
     c->start = c->end = 0;
 }
 
-/* connect ... 235; -1 (c->err) on any failure. */
-static int open_session(struct conn *c, const struct user *u)
+/* A socket and a non-blocking connect(); the session goes on in step(). */
+static int open_connection(struct conn *c)
 {
-    struct timeval tv = {.tv_sec = REPLY_TIMEOUT_S};
     int one = 1;
     char ebuf[128];
 
-    c->fd = socket(server_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    c->opened = c->since = now();
+    c->fd = socket(server_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0)
         return fail(c, "socket: %s", strerror_r(errno, ebuf, sizeof ebuf));
-    /* Bounds each blocking connect, read, write and so the TLS handshake (see fill()). */
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  /* as asyncio does */
-    if (connect(c->fd, (struct sockaddr *)&server_addr, server_addr_len) < 0)
+    c->may_read = 0;
+    c->close_reads = CLOSE_READS;
+    begin(c, CONNECTING, NULL, 0);
+    if (connect(c->fd, (struct sockaddr *)&server_addr, server_addr_len) < 0 && errno != EINPROGRESS)
         return fail(c, "connect to %s port %s: %s", opt.host, opt.port, strerror_r(errno, ebuf, sizeof ebuf));
-    if (reply(c, 220) < 0 || command(c, EHLO, sizeof EHLO - 1, 250) < 0 ||
-        command(c, "STARTTLS\r\n", 10, 220) < 0)
-        return -1;
-    if (c->start != c->end)
-        return fail(c, "data after the reply to STARTTLS");
-    c->ssl = SSL_new(ctx);
-    if (!c->ssl)
-        return fail(c, "SSL_new failed");
-    SSL_set_fd(c->ssl, c->fd);
-    {  /* the certificate's host name (or address) check is in the context's verify parameters */
-        struct in6_addr ip;
-        if (inet_pton(AF_INET, opt.server_name, &ip) != 1 && inet_pton(AF_INET6, opt.server_name, &ip) != 1)
-            SSL_set_tlsext_host_name(c->ssl, opt.server_name);  /* SNI is for names, not addresses */
+    return wait_for(c, EPOLLOUT);  /* writable: connected, or failed (SO_ERROR) */
+}
+
+/* The reply of the step in c->phase has come: start the next step. 0, or -1 (c->err). */
+static int advance(struct conn *c)
+{
+    switch (c->phase) {
+    case GREETING:
+        begin(c, EHLO_PLAIN, EHLO, sizeof EHLO - 1);
+        return 0;
+    case EHLO_PLAIN:
+        begin(c, START_TLS, "STARTTLS\r\n", 10);
+        return 0;
+    case START_TLS:
+        if (c->start != c->end)
+            return fail(c, "data after the reply to STARTTLS");
+        c->ssl = SSL_new(ctx);
+        if (!c->ssl)
+            return fail(c, "SSL_new failed");
+        SSL_set_fd(c->ssl, c->fd);
+        if (send_sni)  /* the certificate's name check is in the context's verify parameters */
+            SSL_set_tlsext_host_name(c->ssl, opt.server_name);
+        begin(c, HANDSHAKE, NULL, 0);
+        return 0;
+    case EHLO_TLS:
+        begin(c, AUTH, c->user->auth, c->user->auth_len);
+        return 0;
+    case AUTH:
+        if (!opt.warmup)
+            record_setup(now() - c->opened);
+        break;
+    case MAIL:
+        begin(c, RCPT, NULL, 0);
+        return 0;
+    case RCPT:
+        begin(c, DATA, NULL, 0);
+        return 0;
+    case DATA:
+        begin(c, DOT, message, message_len);
+        return 0;
+    case DOT: {
+        double done = now();
+        record_message(done - c->began, done - c->since);
+        c->count--;
+        c->since = done;  /* the next message waits from here */
+        break;
     }
-    ERR_clear_error();
-    int r = SSL_connect(c->ssl);
-    if (r != 1)
-        return ssl_fail(c, "TLS handshake", r, errno);
-    pthread_mutex_lock(&lock);
-    if (!tls_text[0])
-        snprintf(tls_text, sizeof tls_text, "%s %s", SSL_get_version(c->ssl),
-                 SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
-    pthread_mutex_unlock(&lock);
-    if (command(c, EHLO, sizeof EHLO - 1, 250) < 0 || command(c, u->auth, u->auth_len, 235) < 0)
-        return -1;
+    case QUIT:  /* 221: the TLS close, as the Python client did it */
+        begin(c, SHUTDOWN, NULL, 0);
+        return 0;
+    default:
+        return fail(c, "internal error: no reply expected in phase %d", (int)c->phase);
+    }
+    if (c->count > 0) {  /* after 235 or a 250 for a message: the next message, or QUIT */
+        begin(c, MAIL, envelope, envelope_len);
+        c->began = now();
+    } else {
+        begin(c, QUIT, "QUIT\r\n", 6);
+    }
     return 0;
 }
 
-/* One session sending count messages; what fails counts as an error for each message unsent. */
-static void session(struct conn *c, const struct user *u, long count)
+/* Take the session as far as it goes without waiting: 0 waiting, 1 ended (every message
+ * accepted, QUIT answered, TLS closed), -1 failed (c->err). */
+static int step(struct conn *c)
 {
-    double start = now();
+    char scratch[512], ebuf[128];
+    int r, err;
+    socklen_t len;
 
-    if (open_session(c, u) < 0)
-        goto failed;
-    record_setup(now() - start);
-    while (count > 0) {
-        double began = now();
-        if (write_all(c, envelope, envelope_len) < 0 || reply(c, 250) < 0 || reply(c, 250) < 0 ||
-            reply(c, 354) < 0 || write_all(c, message, message_len) < 0 || reply(c, 250) < 0)
-            goto failed;
-        double done = now();
-        record_message(done - began, done - start);
-        count--;
-        start = done;  /* the next message waits from here */
-    }
-    if (command(c, "QUIT\r\n", 6, 221) < 0)
-        goto failed;  /* every message was accepted: nothing to count */
-    close_conn(c, 1);
-    return;
-failed:
-    record_error(count, "", c->err);
-    close_conn(c, 0);
-}
-
-static void *client(void *arg)
-{
-    long index = (long)arg;
-    const struct user *u = &users[(size_t)index % user_count];
-    struct conn *c = malloc(sizeof *c);
-    if (!c) {
-        record_error(take_messages(), "", "out of memory");
-        return NULL;
-    }
-    c->fd = -1;
-    c->ssl = NULL;
-    c->start = c->end = 0;
-    long count;
-    while ((count = take_messages()) > 0)
-        session(c, u, count);
-    free(c);
-    return NULL;
-}
-
-/* Each user opens a session once, one after another, then QUIT (fills the credential caches). */
-static void warmup(void)
-{
-    static struct conn c;
-    char prefix[MAX_FIELD + 2];
-
-    for (size_t i = 0; i < user_count; i++) {
-        c.fd = -1;
-        c.ssl = NULL;
-        c.start = c.end = 0;
-        if (open_session(&c, &users[i]) < 0 || command(&c, "QUIT\r\n", 6, 221) < 0) {
-            snprintf(prefix, sizeof prefix, "%s: ", users[i].login);
-            record_error(1, prefix, c.err);
-            close_conn(&c, 0);
-        } else {
-            close_conn(&c, 1);
+    for (;;) {
+        switch (c->phase) {
+        case IDLE:
+            return 0;
+        case CONNECTING:
+            err = 0;
+            len = sizeof err;
+            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+            if (err)
+                return fail(c, "connect to %s port %s: %s", opt.host, opt.port, strerror_r(err, ebuf, sizeof ebuf));
+            c->may_read = 0;  /* nothing has been read yet; wait for the greeting */
+            begin(c, GREETING, NULL, 0);
+            break;
+        case HANDSHAKE:
+            ERR_clear_error();
+            r = SSL_connect(c->ssl);
+            if (r != 1)
+                return ssl_wait(c, "TLS handshake", r, errno);
+            if (!tls_text[0])
+                snprintf(tls_text, sizeof tls_text, "%s %s", SSL_get_version(c->ssl),
+                         SSL_CIPHER_get_name(SSL_get_current_cipher(c->ssl)));
+            c->may_read = 0;  /* SSL_connect() has read what there was: wait for the reply */
+            begin(c, EHLO_TLS, EHLO, sizeof EHLO - 1);
+            break;
+        case SHUTDOWN:  /* failures from here on end the session without an error */
+            ERR_clear_error();
+            r = SSL_shutdown(c->ssl);
+            if (r == 1)
+                return 1;  /* the server's close_notify was already in */
+            if (r < 0)
+                return ssl_wait(c, "TLS close", r, errno) < 0 ? 1 : 0;
+            c->phase = CLOSING;
+            break;
+        case CLOSING:  /* the connection ends with nothing unread: close() sends a FIN, not RST */
+            ERR_clear_error();
+            r = SSL_read(c->ssl, scratch, sizeof scratch);
+            if (r > 0) {
+                if (--c->close_reads == 0)
+                    return 1;
+                break;
+            }
+            return ssl_wait(c, "TLS close", r, errno) < 0 ? 1 : 0;
+        default:  /* a command, then its reply */
+            if ((r = flush(c)) <= 0)
+                return r;
+            while ((r = parse_reply(c)) == 0)
+                if ((r = fill(c)) <= 0)
+                    return r;
+            if (r < 0 || advance(c) < 0)
+                return -1;
         }
     }
+}
+
+/* The step in progress has had REPLY_TIMEOUT_S: the text for it, -1; 1 when the session is over
+ * anyway (waiting for the TLS close). */
+static int timed_out(struct conn *c)
+{
+    switch (c->phase) {
+    case CONNECTING:
+        return fail(c, "connect to %s port %s: timeout (%d s)", opt.host, opt.port, REPLY_TIMEOUT_S);
+    case HANDSHAKE:
+        return fail(c, "TLS handshake: timeout (%d s)", REPLY_TIMEOUT_S);
+    case SHUTDOWN:
+    case CLOSING:
+        return 1;
+    default:
+        if (c->sent < c->out_len)
+            return fail(c, "timeout (%d s) writing", REPLY_TIMEOUT_S);
+        return fail(c, "timeout (%d s) waiting for %d", REPLY_TIMEOUT_S, expected[c->phase]);
+    }
+}
+
+/* End c's session (result 1: done, -1: failed, c->err says why; 0: there was none), then
+ * start its next session while messages remain (--warmup: while users remain); otherwise c is
+ * done. */
+static void end_session(struct conn *c, int result)
+{
+    for (;;) {
+        if (result < 0) {  /* what fails counts as an error for each message unsent */
+            if (opt.warmup) {
+                char prefix[MAX_FIELD + 2];
+                snprintf(prefix, sizeof prefix, "%s: ", c->user->login);
+                record_error(1, prefix, c->err);
+            } else {
+                record_error(c->count, "", c->err);  /* 0 when only QUIT failed */
+            }
+        }
+        close_conn(c);
+        if (opt.warmup) {  /* each user once, one after another */
+            if (warmup_next == user_count)
+                break;
+            c->user = &users[warmup_next++];
+            c->count = 0;
+        } else if ((c->count = take_messages()) == 0) {
+            break;
+        }
+        if (open_connection(c) == 0)
+            return;
+        result = -1;
+    }
+    c->phase = IDLE;
+    active--;
+}
+
+/* --- the event loop ----------------------------------------------------------------------- */
+
+static void run(long clients)
+{
+    static struct epoll_event events[MAX_EVENTS];
+    struct conn *conns = calloc((size_t)clients, sizeof *conns);
+
+    if (!conns)
+        die("out of memory");
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        die("epoll_create1: %s", strerror(errno));
+    for (long i = 0; i < clients; i++) {  /* all start at once */
+        struct conn *c = &conns[i];
+        c->fd = -1;
+        c->user = &users[(size_t)i % user_count];
+        active++;
+        end_session(c, 0);  /* no session yet: opens the first */
+    }
+    while (active > 0) {
+        int timeout = -1;
+        if (first_due) {
+            double ms = (first_due->deadline - now()) * 1e3;
+            timeout = ms <= 0 ? 0 : (int)ms + 1;
+        }
+        int n = epoll_wait(epfd, events, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait: %s", strerror(errno));
+        for (int i = 0; i < n; i++) {
+            struct conn *c = events[i].data.ptr;
+            c->may_read = 1;  /* readable, writable, or an error or hang-up: try again */
+            int r = step(c);
+            if (r != 0)
+                end_session(c, r);
+        }
+        double t = now();
+        while (first_due && first_due->deadline <= t)
+            end_session(first_due, timed_out(first_due));  /* takes it out of the list */
+    }
+    close(epfd);
+    free(conns);
 }
 
 /* --- start-up ------------------------------------------------------------------------------ */
@@ -653,6 +841,8 @@ static void make_tls_context(void)
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_read_ahead(ctx, 1);  /* one read() for what has arrived, not two per record */
+    /* SSL_write() returns what it wrote, whole records, when the socket is full (flush()). */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE);
     /* The host name check (an address is checked as an address), inherited by every SSL. */
     X509_VERIFY_PARAM *param = SSL_CTX_get0_param(ctx);
     struct in6_addr ip;
@@ -662,6 +852,7 @@ static void make_tls_context(void)
     } else {
         X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         ok = X509_VERIFY_PARAM_set1_host(param, opt.server_name, 0);
+        send_sni = 1;  /* SNI is for names, not addresses */
     }
     if (ok != 1)
         die("--server-name %s: not usable for the certificate check", opt.server_name);
@@ -764,7 +955,7 @@ int main(int argc, char **argv)
     make_message();
 
     if (opt.warmup) {
-        warmup();
+        run(1);
         putchar('{');
         json_errors();
         puts("}");
@@ -775,23 +966,12 @@ int main(int argc, char **argv)
     latencies = calloc(slots, sizeof *latencies);
     transactions = calloc(slots, sizeof *transactions);
     setups = calloc(slots, sizeof *setups);
-    pthread_t *threads = calloc((size_t)opt.clients, sizeof *threads);
-    if (!latencies || !transactions || !setups || !threads)
+    if (!latencies || !transactions || !setups)
         die("out of memory");
     remaining = opt.messages;
 
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, THREAD_STACK);
     double cpu_before = cpu_seconds(), start = now();
-    for (long i = 0; i < opt.clients; i++) {
-        int r = pthread_create(&threads[i], &attr, client, (void *)i);
-        if (r != 0)
-            die("cannot start client thread %ld: %s", i, strerror(r));
-    }
-    for (long i = 0; i < opt.clients; i++)
-        pthread_join(threads[i], NULL);
-    free(threads);
+    run(opt.clients);
     double wall = now() - start, cpu = cpu_seconds() - cpu_before;
 
     printf("{\"ok\": %ld, ", ok_count);
