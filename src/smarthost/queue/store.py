@@ -45,6 +45,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -327,6 +328,11 @@ class _Pending:
     # With ``loop``: a callable done(queue_id, error) run in that loop; without: a concurrent Future.
     waiter: Callable[[str, BaseException | None], None] | concurrent.futures.Future[str] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    state: int = 0  # _WAITING, _TAKEN (by the committer) or _ABANDONED (answered 451); _state_lock
+
+
+_WAITING, _TAKEN, _ABANDONED = 0, 1, 2
+_EXPIRY_CHECK = 1.0  # seconds between the event loop's checks for messages waiting too long
 
 
 class QueueStore:
@@ -353,7 +359,8 @@ class QueueStore:
         self._conn = self._connect()  # reads and management, under _conn_lock
         self._conn_lock = threading.Lock()
         self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        # Writers queue up on this lock (polled from 0.05 ms, _lock_within) instead of polling SQLite's
+        # Writers queue up on this lock (the committer blocks on it; the management connection
+        # polls it from 0.05 ms, _lock_within) instead of polling SQLite's
         # write lock with its busy handler, which sleeps 1 ms and more between tries: with several
         # worker processes that sleep was most of a message's latency. One descriptor per
         # connection, so the committer and the management connection exclude each other too.
@@ -365,6 +372,10 @@ class QueueStore:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop submit() last ran on
         self._submit_lock = threading.Lock()
         self._staged: list[_Pending] = []  # submitted in this loop iteration (submit_nowait)
+        self._state_lock = threading.Lock()  # _Pending.state changes
+        self._expiry: deque[tuple[float, list[_Pending]]] = deque()  # handed over by the loop, oldest first
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._commits = self._messages = self._failed_commits = self._largest_batch = 0
         self._thread = threading.Thread(target=self._run, name="queue-committer", daemon=True)
@@ -475,21 +486,65 @@ class QueueStore:
 
     def _hand_over(self) -> None:
         items, self._staged = self._staged, []
+        self._enqueue_watched(items)
+
+    def _body_written(self, item: _Pending, written: asyncio.Future) -> None:
+        error = written.exception()
+        if error is None:
+            self._enqueue_watched([item])
+        else:
+            item.waiter(item.queue_id, error if isinstance(error, QueueError) else _failure(error))
+
+    def _enqueue_watched(self, items: list[_Pending]) -> None:
+        """Hand ``items`` to the committer from the event loop, and watch how long they wait."""
         try:
             self._enqueue(items)
         except QueueError as exc:  # closed meanwhile: nothing was stored
             for item in items:
                 item.waiter(item.queue_id, exc)
+            return
+        self._expiry.append((time.monotonic() + self._busy_timeout, items))
+        loop = items[0].loop
+        if self._expiry_timer is None or self._expiry_loop is not loop:  # none yet, or one of a loop now closed
+            self._expiry_loop = loop
+            self._expiry_timer = loop.call_later(_EXPIRY_CHECK, self._check_expiry)
 
-    def _body_written(self, item: _Pending, written: asyncio.Future) -> None:
-        error = written.exception()
-        if error is None:
-            try:
-                self._enqueue([item])
-                return
-            except QueueError as exc:
-                error = exc
-        item.waiter(item.queue_id, error if isinstance(error, QueueError) else _failure(error))
+    def _check_expiry(self) -> None:
+        """Answer 451 for messages the committer has not taken within ``busy_timeout``.
+
+        The committer blocks on the writers' lock (a wake-up exactly when it is free, instead
+        of polling); a holder that never lets go (a hung tool) would block it for ever, so the
+        event loop bounds the wait instead: what is still waiting after ``busy_timeout`` is
+        abandoned (the committer skips it) and its sender told ``451``.
+        """
+        self._expiry_timer = None
+        expiry = self._expiry
+        now = time.monotonic()
+        while expiry:
+            deadline, items = expiry[0]
+            if items[0].state == _WAITING and deadline > now:
+                break
+            expiry.popleft()
+            if items[0].state == _WAITING:  # a list is taken as a whole
+                self._abandon(items)
+        if expiry:
+            self._expiry_timer = self._expiry_loop.call_later(_EXPIRY_CHECK, self._check_expiry)
+
+    def _abandon(self, items: list[_Pending]) -> list[_Pending]:
+        """Withdraw the items the committer has not taken; answer their waiters with QueueError."""
+        with self._state_lock:
+            lost = [item for item in items if item.state == _WAITING]
+            for item in lost:
+                item.state = _ABANDONED
+        error = QueueError(f"queue lock {self.directory / LOCK_NAME} not obtained within {self._busy_timeout:g}s")
+        for item in lost:
+            if item.body_file is not None:
+                self._remove_body_file(item.body_file)
+            if item.loop is not None:
+                item.waiter(item.queue_id, error)
+        if lost:
+            log.error("%d message(s) not queued: %s", len(lost), error)
+        return lost
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -507,7 +562,14 @@ class QueueStore:
         waiter: concurrent.futures.Future[str] = concurrent.futures.Future()
         item.waiter = waiter
         self._enqueue([item])
-        return waiter.result()
+        try:
+            return waiter.result(timeout=self._busy_timeout)
+        except concurrent.futures.TimeoutError:
+            if self._abandon([item]):
+                raise QueueError(
+                    f"queue lock {self.directory / LOCK_NAME} not obtained within {self._busy_timeout:g}s"
+                ) from None
+            return waiter.result()  # taken by the committer: its commit is under way
 
     def _prepare(self, envelope: Envelope, body: bytes, queue_id: str | None) -> _Pending:
         if queue_id is None:
@@ -580,11 +642,12 @@ class QueueStore:
             item = pending.get()
             # The writers' lock first, then the batch: whatever arrives while another process
             # commits (several workers share the queue) joins this batch instead of waiting for
-            # a commit of its own.
+            # a commit of its own. Blocking: a wait longer than busy_timeout is answered by the
+            # submitters' side (_check_expiry, submit_sync), which abandons what it answered.
             try:
-                _lock_within(self._writer_lock_fd, self._busy_timeout, self.directory / LOCK_NAME)
-            except QueueError as exc:
-                lock_error: QueueError | None = exc
+                fcntl.flock(self._writer_lock_fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                lock_error: QueueError | None = QueueError(f"cannot lock {self.directory / LOCK_NAME}: {exc}")
             else:
                 lock_error = None
             batch: list[_Pending] = []
@@ -598,6 +661,10 @@ class QueueStore:
                     item = pending.get_nowait()
                 except queue.Empty:
                     break
+            with self._state_lock:  # abandoned items were answered 451: never commit them
+                batch = [item for item in batch if item.state == _WAITING]
+                for item in batch:
+                    item.state = _TAKEN
             try:
                 if batch:
                     self._commit_batch(batch, lock_error)
@@ -998,8 +1065,14 @@ class QueueStore:
                 self._pending.put(self._staged)
                 self._staged = []
             self._pending.put(None)
-        self._thread.join()
-        self._writer.close()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self._thread.join(self._busy_timeout + 5.0)
+        if self._thread.is_alive():  # blocked on a lock a hung process holds; it is a daemon thread
+            log.error("queue committer still waiting for %s; not waiting any longer", self.directory / LOCK_NAME)
+        else:
+            self._writer.close()
         with self._conn_lock:
             self._conn.close()
         os.close(self._bodies_fd)
