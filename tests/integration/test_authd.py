@@ -53,6 +53,9 @@ def authd(tmp_path):
     proc = subprocess.Popen([*SMARTHOST, "-c", str(config), "authd", "-m", str(sockdir), "-d", "-c"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for_socket(sockdir / "mux", proc)
+    deadline = time.monotonic() + 10  # the socket is bound before the daemon writes its pid file
+    while not (sockdir / "authd.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield proc, sockdir / "mux"
     if proc.poll() is None:
         proc.kill()
