@@ -727,6 +727,10 @@ class QueueStore:
                 item.waiter.set_result(item.queue_id)
             else:
                 item.waiter.set_exception(_failure(cause))
+            # The event loop's expiry list holds the item for up to a second more: let go of the
+            # session (through its callback) and of the message now.
+            item.waiter = item.body_row = None
+            item.message_row = item.recipient_rows = ()
         for loop, waiters in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve_futures, waiters, cause)
