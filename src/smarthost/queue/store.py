@@ -280,9 +280,8 @@ _ROWS_PER_INSERT = 256  # SQLite allows 32766 parameters per statement (3.32+); 
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
     """INSERT ``rows`` with one multi-row statement per chunk instead of one step per row.
 
-    Each statement SQLite runs costs the committer a release and re-acquisition of the GIL,
-    which it shares with the event loop: with ``executemany`` a batch of n messages cost
-    3n + 2 of them, now it costs 5.
+    Every ``sqlite3_step`` releases and re-takes the GIL, which the committer shares with the
+    event loop: with ``executemany`` a batch of n messages took 3n + 2 steps, now 5.
     """
     if not rows:
         return
