@@ -92,6 +92,70 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+def _where(login: str, service: str, realm: str) -> str:
+    return f"user={printable(login)} service={printable(service)} realm={printable(realm)}"
+
+
+class _SaslauthdConnection(asyncio.Protocol):
+    """One saslauthd client: one request, one answer, then the daemon closes (as saslauthd does).
+
+    A protocol object rather than streams and a task: a login the credential cache knows is
+    answered inside the read callback. The client has ``request_timeout`` to send its request.
+    """
+
+    def __init__(self, daemon: AuthDaemon, loop: asyncio.AbstractEventLoop) -> None:
+        self.daemon = daemon
+        self.loop = loop
+        self.decoder = saslauthd.RequestDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.answered = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.timer = self.loop.call_later(self.daemon.request_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return
+        try:
+            request = self.decoder.feed(data)
+        except saslauthd.ProtocolError as e:
+            self.daemon.maillog.warning(f"bad saslauthd request: {e}")
+            self._answer(False, "bad request")
+            return
+        if request is None:
+            return
+        self.timer.cancel()
+        self.transport.pause_reading()
+        if self.daemon.cached(request.login, request.password, request.service, request.realm):
+            self._answer(True, "Success.")
+        else:
+            self.loop.create_task(self._check(request))
+
+    async def _check(self, request: saslauthd.Request) -> None:
+        ok = await self.daemon.check(request.login, request.password, request.service, request.realm)
+        self._answer(bool(ok), "Success." if ok else "temporary failure" if ok is None else "authentication failed")
+
+    def _answer(self, ok: bool, text: str) -> None:
+        self.answered = True
+        if self.timer is not None:
+            self.timer.cancel()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():  # else: the client went away
+            transport.write(saslauthd.encode_response(ok, text))
+            transport.close()
+
+    def _timed_out(self) -> None:
+        if not self.answered and self.transport is not None and not self.transport.is_closing():
+            self.daemon.maillog.warning("saslauthd client timed out")
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 class AuthDaemon:
     """Serves ``backend`` on ``socket_dir/mux`` (and ``dovecot_socket`` when given).
 
@@ -147,8 +211,10 @@ class AuthDaemon:
         try:
             pid_file.write_text(f"{os.getpid()}\n")
             for path, sock in self._sockets.items():
-                handler = self._saslauthd_connection if path == self.socket_path else self._dovecot_connection
-                servers.append(await asyncio.start_unix_server(handler, sock=sock))
+                if path == self.socket_path:
+                    servers.append(await loop.create_unix_server(lambda: _SaslauthdConnection(self, loop), sock=sock))
+                else:
+                    servers.append(await asyncio.start_unix_server(self._dovecot_connection, sock=sock))
                 self.maillog.log(f"listening on {path}")
             await self._stopping.wait()
         finally:
@@ -169,12 +235,18 @@ class AuthDaemon:
 
     # --- the check both protocols share -----------------------------------------------------
 
+    def cached(self, login: str, password: str, service: str, realm: str) -> bool:
+        """True (and the log line) when the credential cache knows this login as good."""
+        if self.cache is not None and self.cache.hit(login, password, service, realm):
+            self.maillog.log(f"auth success: {_where(login, service, realm)} (cached)")
+            return True
+        return False
+
     async def check(self, login: str, password: str, service: str, realm: str) -> bool | None:
         """True/False for success/failure, None when the backend could not answer. Logs one line."""
-        where = f"user={printable(login)} service={printable(service)} realm={printable(realm)}"
-        if self.cache is not None and self.cache.hit(login, password, service, realm):
-            self.maillog.log(f"auth success: {where} (cached)")
+        if self.cached(login, password, service, realm):
             return True
+        where = _where(login, service, realm)
         loop = asyncio.get_running_loop()
         try:
             ok = await loop.run_in_executor(self._executor, self.backend.check, login, password, service, realm)
@@ -194,34 +266,6 @@ class AuthDaemon:
         return ok
 
     # --- saslauthd ----------------------------------------------------------------------------
-
-    async def _saslauthd_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                decoder = saslauthd.RequestDecoder()
-                request = None
-                try:
-                    while request is None:
-                        data = await reader.read(4096)
-                        if not data:
-                            return  # the client gave up
-                        request = decoder.feed(data)
-                except saslauthd.ProtocolError as e:
-                    self.maillog.warning(f"bad saslauthd request: {e}")
-                    writer.write(saslauthd.encode_response(False, "bad request"))
-                    await writer.drain()
-                    return
-            ok = await self.check(request.login, request.password, request.service, request.realm)
-            async with asyncio.timeout(self.request_timeout):
-                text = "Success." if ok else "temporary failure" if ok is None else "authentication failed"
-                writer.write(saslauthd.encode_response(bool(ok), text))
-                await writer.drain()
-        except TimeoutError:
-            self.maillog.warning("saslauthd client timed out")
-        except (ConnectionError, OSError):
-            pass  # the client went away; nothing to answer
-        finally:
-            writer.close()
 
     # --- Dovecot --------------------------------------------------------------------------------
 
