@@ -181,6 +181,11 @@ def server_context(params, *, mandatory: bool) -> ssl.SSLContext | None:
     configure(ctx, protocols=params.raw(f"{prefix}_protocols"), ciphers=params.raw(f"{prefix}_ciphers"),
               exclude=exclude, prefix=prefix)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # TLS 1.3 session tickets (RFC 8446 §4.6.1): one per full handshake, not OpenSSL's two. An
+    # SMTP client keeps one session per server (Postfix's smtp_tls_session_cache, msmtp), and
+    # each ticket costs the server about as much as a sixth of the handshake. The context is
+    # made before the workers fork, so they share its ticket key until a reload.
+    ctx.num_tickets = 1
     pairs = [(cert, key)] if cert else []
     for chain in chain_files:  # each file holds a key followed by its certificate chain
         pairs.append((chain, chain))

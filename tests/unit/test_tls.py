@@ -63,3 +63,32 @@ def test_a_key_that_does_not_match_the_certificate_is_named(tmp_path):
 def test_no_certificate_means_no_tls(tmp_path):
     (tmp_path / "main.cf").write_text("")
     assert server_context(load(tmp_path).params, mandatory=False) is None
+
+
+def _pump_handshake(server: ssl.SSLContext, client: ssl.SSLContext, session=None) -> ssl.SSLObject:
+    """A whole TLS handshake in memory; returns the client's side once it has read the tickets."""
+    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    srv = server.wrap_bio(s_in, s_out, server_side=True)
+    cli = client.wrap_bio(c_in, c_out, server_hostname="mx.example.test", session=session)
+    for _ in range(5):
+        for side in (cli, srv):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+    with pytest.raises(ssl.SSLWantReadError):
+        cli.read(1)  # takes in the NewSessionTicket messages; no application data
+    return cli
+
+
+def test_a_tls13_client_can_resume_its_session_with_the_ticket_it_got(tmp_path):
+    server = server_context(_config(tmp_path, 0o600), mandatory=False)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    first = _pump_handshake(server, client)
+    assert first.version() == "TLSv1.3" and not first.session_reused
+    second = _pump_handshake(server, client, first.session)
+    assert second.session_reused
