@@ -110,6 +110,7 @@ class _SaslauthdConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.answered = False
+        self.task: asyncio.Task | None = None  # a check the cache could not answer (kept referenced)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -131,7 +132,7 @@ class _SaslauthdConnection(asyncio.Protocol):
         if self.daemon.cached(request.login, request.password, request.service, request.realm):
             self._answer(True, "Success.")
         else:
-            self.loop.create_task(self._check(request))
+            self.task = self.loop.create_task(self._check(request))
 
     async def _check(self, request: saslauthd.Request) -> None:
         ok = await self.daemon.check(request.login, request.password, request.service, request.realm)
@@ -264,8 +265,6 @@ class AuthDaemon:
         else:
             self.maillog.log(f"auth failure: {where}")
         return ok
-
-    # --- saslauthd ----------------------------------------------------------------------------
 
     # --- Dovecot --------------------------------------------------------------------------------
 
