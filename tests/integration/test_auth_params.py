@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from smarthost.authd import saslauthd
+from smarthost.inbound.auth import AUTH_TIMEOUT
 from test_auth import plain, sasl_server, start_authd, stop_authd, tls_session
 from test_server import Raw
 
@@ -202,7 +203,8 @@ def test_a_broken_daemon_is_a_temporary_failure(smarthost, scripted, behaviour):
     daemon = scripted(behaviour)
     s = recipe_server(smarthost, daemon)
     r = tls_session(s)
-    code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))  # the server's own timeout ends the wait
+    r.sock.settimeout(AUTH_TIMEOUT + 10)  # longer than the server's own wait, which must end it
+    code, text = r.cmd("AUTH PLAIN " + plain("alice", "secret"))
     assert (code, text) == (454, "4.7.0 Temporary authentication failure")
     r.cmd("MAIL FROM:<alice@example.org>")
     assert r.cmd("RCPT TO:<bob@foreign.example>")[0] == 554  # not authenticated
