@@ -792,12 +792,7 @@ class QueueManager:
         entry = active.entry
         env = entry.envelope
         assert env is not None
-        failed = []
-        for i in bounced:
-            outcome = results[i]
-            relay = active.relays.get(i, "none")
-            remote = relay.partition("[")[0] if outcome.reply is not None and "[" in relay else None
-            failed.append(Failure(env.recipients[i].address, outcome.enhanced, outcome.text, remote))
+        failed = _failures(active, bounced, results)
         settings = self.settings
         if env.sender.lower() == settings.double_bounce_address.lower():
             self.maillog.warning(f"{entry.id}: undeliverable postmaster notification discarded")
@@ -840,12 +835,7 @@ class QueueManager:
         if not delay_warning_due(entry.arrival, now, retry, null_sender=not env.sender,
                                  already_sent=delay_warning_sent(entry.arrival, entry.next_attempt, retry)):
             return
-        delayed = []
-        for i in deferred:
-            outcome = results[i]
-            relay = active.relays.get(i, "none")
-            remote = relay.partition("[")[0] if outcome.reply is not None and "[" in relay else None
-            delayed.append(Failure(env.recipients[i].address, outcome.enhanced, outcome.text, remote))
+        delayed = _failures(active, deferred, results)
         notice_id = new_queue_id()
         notice = make_delay_notice(
             env, active.body, delayed, queue_id=entry.id, reporting_mta=settings.myhostname, now=now,
@@ -1105,3 +1095,15 @@ __all__ = [
     "run_queue_manager",
     "wake_socket_path",
 ]
+
+
+def _failures(active: _Active, indices: list[int], results: dict[int, Outcome]) -> list[Failure]:
+    """The notice lines of recipients ``indices``: address, status, text, and the remote MTA
+    (the relay's host name) when the reply came from one."""
+    failures = []
+    for i in indices:
+        outcome = results[i]
+        relay = active.relays.get(i, "none")
+        remote = relay.partition("[")[0] if outcome.reply is not None and "[" in relay else None
+        failures.append(Failure(active.entry.envelope.recipients[i].address, outcome.enhanced, outcome.text, remote))
+    return failures
