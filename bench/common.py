@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,10 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 import peers  # noqa: E402
 from peers import (  # noqa: E402
-    PeerError,
     PostfixInstance,
     SmarthostInstance,
     free_port,
     peer_command,
-    wait_for_unix_socket,
 )
 
 TIME_WAIT_LIMIT = 12000  # loopback has ~28k ephemeral ports; wait below this before a run
@@ -117,45 +114,6 @@ def make_tls_files(directory: Path, *names: str) -> TLSFiles:
 # --- auth daemons -----------------------------------------------------------------------
 
 
-class _Daemon:
-    """A daemon subprocess in its own session; ``stop()`` ends its process group."""
-
-    def __init__(self, argv: list[str], socket_path: Path, log: Path | None = None) -> None:
-        self.argv = argv
-        self.socket_path = socket_path
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        try:
-            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                            start_new_session=True)
-        finally:
-            if self.log:
-                out.close()
-        try:
-            wait_for_unix_socket(self.socket_path, lambda: self.process.poll() is None)
-        except PeerError as e:
-            self.stop()
-            raise PeerError(f"{' '.join(self.argv)}: {e}") from None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
 class CyrusSaslauthd(peers.CyrusSaslauthd):
     """Cyrus ``saslauthd -a sasldb -c -n THREADS`` (Debian's default options: 5 processes and the
     credential cache) over a private sasldb holding ``users`` in realm ``BENCH_DOMAIN``; its
@@ -165,7 +123,7 @@ class CyrusSaslauthd(peers.CyrusSaslauthd):
         super().__init__(directory, users, BENCH_DOMAIN, threads, keep_log=False)
 
 
-class SmarthostAuthd(_Daemon):
+class SmarthostAuthd(peers.UnixSocketDaemon):
     """``smarthost authd -c`` (credential cache, like the Cyrus side) over a user database in
     ``directory`` holding ``users`` (argon2id hashes, made by ``smarthost users add``)."""
 

@@ -488,36 +488,17 @@ def wait_for_unix_socket(path: Path, alive: Callable[[], bool], timeout: float =
     raise PeerError(f"{path} did not accept connections within {timeout:.0f}s")
 
 
-class CyrusSaslauthd:
-    """A real Cyrus ``saslauthd -a sasldb`` over a private sasldb holding ``users`` (password by
-    name) in ``realm``; its socket is ``socket_path`` (``DIR/run/mux``).
+class UnixSocketDaemon:
+    """A daemon subprocess in its own session, ready once its unix socket ``socket_path``
+    accepts; output to ``log`` (or nowhere); ``stop()`` ends its whole process group."""
 
-    saslauthd ignores ``-O`` for sasldb and always opens /etc/sasldb2, so the private database is
-    bind-mounted over /etc/sasldb2 in a mount namespace of its own (``unshare -m``), invisible to
-    the rest of the machine. ``-d`` keeps it in the foreground as our child; ``stop()`` ends its
-    process group. Needs root and Debian's sasl2-bin.
-    """
-
-    def __init__(self, directory: Path, users: dict[str, str], realm: str, threads: int = 5,
-                 keep_log: bool = True) -> None:
-        directory.mkdir(mode=0o755)
-        directory.chmod(0o755)
-        self.sasldb = directory / "sasldb2"
-        for user, password in users.items():
-            subprocess.run([peer_command("saslpasswd2") or "saslpasswd2", "-p", "-c", "-f", str(self.sasldb),
-                            "-u", realm, user], input=password, text=True, check=True)
-        sockdir = directory / "run"
-        sockdir.mkdir(mode=0o755)
-        self.socket_path = sockdir / "mux"
-        self.log = directory / "saslauthd.log" if keep_log else None  # -d's lines (a benchmark drops them)
-        saslauthd = f"{peer_command('saslauthd') or 'saslauthd'} -a sasldb -c -n {threads} -m {sockdir} -d"
-        self.argv = [peer_command("unshare") or "unshare", "-m", "--propagation", "private", "sh", "-c",
-                     f"mount --bind {self.sasldb} /etc/sasldb2 && exec {saslauthd}"]
+    def __init__(self, argv: list[str], socket_path: Path, log: Path | None = None) -> None:
+        self.argv = argv
+        self.socket_path = socket_path
+        self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        if not Path("/etc/sasldb2").exists():
-            raise PeerError("/etc/sasldb2 missing (the private sasldb is bound over it): install sasl2-bin")
         with open(self.log or os.devnull, "ab") as out:
             self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                             start_new_session=True)
@@ -543,12 +524,44 @@ class CyrusSaslauthd:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def __enter__(self) -> CyrusSaslauthd:
+    def __enter__(self):
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class CyrusSaslauthd(UnixSocketDaemon):
+    """A real Cyrus ``saslauthd -a sasldb`` over a private sasldb holding ``users`` (password by
+    name) in ``realm``; its socket is ``socket_path`` (``DIR/run/mux``).
+
+    saslauthd ignores ``-O`` for sasldb and always opens /etc/sasldb2, so the private database is
+    bind-mounted over /etc/sasldb2 in a mount namespace of its own (``unshare -m``), invisible to
+    the rest of the machine. ``-d`` keeps it in the foreground as our child; ``stop()`` ends its
+    process group. Needs root and Debian's sasl2-bin.
+    """
+
+    def __init__(self, directory: Path, users: dict[str, str], realm: str, threads: int = 5,
+                 keep_log: bool = True) -> None:
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)
+        self.sasldb = directory / "sasldb2"
+        for user, password in users.items():
+            subprocess.run([peer_command("saslpasswd2") or "saslpasswd2", "-p", "-c", "-f", str(self.sasldb),
+                            "-u", realm, user], input=password, text=True, check=True)
+        sockdir = directory / "run"
+        sockdir.mkdir(mode=0o755)
+        saslauthd = f"{peer_command('saslauthd') or 'saslauthd'} -a sasldb -c -n {threads} -m {sockdir} -d"
+        argv = [peer_command("unshare") or "unshare", "-m", "--propagation", "private", "sh", "-c",
+                f"mount --bind {self.sasldb} /etc/sasldb2 && exec {saslauthd}"]
+        # -d's lines go to the log (a benchmark drops them)
+        super().__init__(argv, sockdir / "mux", directory / "saslauthd.log" if keep_log else None)
+
+    def start(self) -> None:
+        if not Path("/etc/sasldb2").exists():
+            raise PeerError("/etc/sasldb2 missing (the private sasldb is bound over it): install sasl2-bin")
+        super().start()
 
 
 def cyrus_recipe_server_cf(config_dir: Path, saslauthd: CyrusSaslauthd, realm: str, cert: Path,
