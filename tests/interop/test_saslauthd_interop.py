@@ -16,16 +16,14 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 
-from peers import make_shared_dir, require_peer, require_root, unavailable  # noqa: E402
+from peers import make_shared_dir, require_peer, require_root, unavailable, wait_for_unix_socket  # noqa: E402
 
 from smarthost.authd.client import AuthStatus, saslauthd_check
 
@@ -38,17 +36,7 @@ PASSWORD = "Tr0ub4dor&3 x"
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        with socket.socket(socket.AF_UNIX) as s:
-            try:
-                s.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.05)
-    raise AssertionError(f"{path} never accepted connections")
+    wait_for_unix_socket(path, lambda: proc.poll() is None, timeout)
 
 
 class Daemon:
