@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from smarthost.authd.backends import make_backend
-from smarthost.authd.client import AuthStatus, DovecotAuthClient, saslauthd_check
+from smarthost.authd.client import AuthStatus, DovecotAuthClient, SaslauthdClient, saslauthd_check
+from smarthost.authd import saslauthd as saslauthd_wire
 from smarthost.authd.daemon import AuthDaemon
 from smarthost.cli import main as cli_main
 from smarthost.maillog import MailLog
@@ -100,6 +101,20 @@ def test_testauth_names_the_missing_socket(tmp_path):
     result = subprocess.run([*SMARTHOST, "testauth", "-f", str(missing), "-u", "a", "-p", "b"], capture_output=True, text=True)
     assert result.returncode == 2
     assert f"cannot reach saslauthd at {missing}: No such file or directory" in result.stderr
+
+
+def test_the_daemon_answers_several_requests_on_one_connection(authd):
+    proc, mux = authd
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(mux))
+        answers = []
+        for password in (PASSWORD, "wrong", PASSWORD):
+            s.sendall(saslauthd_wire.encode_request("alice", password, "smtp", ""))
+            answers.append(s.recv(100))
+    assert answers == [b"\x00\x0bOK Success.", b"\x00\x18NO authentication failed", b"\x00\x0bOK Success."]
+    log = stop(proc)
+    assert log.count("auth success: user=alice service=smtp realm=") == 2
+    assert "timed out" not in log
 
 
 def test_garbage_gets_a_no_and_the_daemon_keeps_serving(authd):
@@ -214,6 +229,86 @@ def test_saslauthd_client_tempfails_on_broken_daemons(tmp_path, behaviour, detai
     assert result.status is AuthStatus.TEMPFAIL and not result.ok
     assert str(path) in result.reason and detail in result.reason
     assert elapsed < 2
+
+
+class CountingSaslauthd:
+    """A fake saslauthd that says OK to every request and counts its connections. ``close_after``:
+    close after that many answers on a connection (1: as Cyrus does); ``drop_request``: hang up
+    on that request (the 1st, 2nd...) instead of answering it; on a kept connection that is how
+    a daemon closing an idle connection races a client that reuses it."""
+
+    def __init__(self, close_after: int | None = None, drop_request: int | None = None) -> None:
+        self.close_after, self.drop_request = close_after, drop_request
+        self.connections = 0
+        self.requests = 0
+
+    async def __call__(self, reader, writer):
+        self.connections += 1
+        answered = 0
+        try:
+            while True:
+                decoder = saslauthd_wire.RequestDecoder()
+                request = None
+                while request is None:
+                    data = await reader.read(4096)
+                    if not data:
+                        return
+                    request = decoder.feed(data)
+                self.requests += 1
+                if self.requests == self.drop_request:
+                    return
+                writer.write(saslauthd_wire.encode_response(True, f"Success {self.requests}."))
+                await writer.drain()
+                answered += 1
+                if self.close_after is not None and answered >= self.close_after:
+                    return
+        finally:
+            writer.close()
+
+
+def kept_client_checks(tmp_path, daemon: CountingSaslauthd, n: int):
+    path = tmp_path / "mux"
+
+    async def run():
+        server = await serve(path, daemon)
+        client = SaslauthdClient(path, timeout=2)
+        results = []
+        for _ in range(n):
+            results.append(await client.check("alice", "pw", "smtp", ""))
+            await asyncio.sleep(0.01)  # a Cyrus-like daemon's end of connection arrives meanwhile
+        server.close()
+        return results
+
+    return asyncio.run(run())
+
+
+def test_saslauthd_client_keeps_its_connection_to_a_daemon_that_keeps_it_open(tmp_path):
+    daemon = CountingSaslauthd()
+    results = kept_client_checks(tmp_path, daemon, 5)
+    assert [r.reason for r in results] == [f"Success {i}." for i in range(1, 6)] and all(r.ok for r in results)
+    assert daemon.connections == 1
+
+
+def test_saslauthd_client_opens_a_new_connection_when_the_daemon_closes_after_each_answer(tmp_path):
+    daemon = CountingSaslauthd(close_after=1)
+    results = kept_client_checks(tmp_path, daemon, 4)
+    assert all(r.ok for r in results) and daemon.connections == 4 and daemon.requests == 4
+
+
+def test_saslauthd_client_asks_again_when_a_kept_connection_is_closed_unanswered(tmp_path):
+    daemon = CountingSaslauthd(drop_request=2)  # the 2nd request, on the kept connection, is dropped
+    results = kept_client_checks(tmp_path, daemon, 3)
+    assert [r.status for r in results] == [AuthStatus.OK] * 3
+    assert [r.reason for r in results] == ["Success 1.", "Success 3.", "Success 4."]
+    assert daemon.connections == 2
+
+
+def test_saslauthd_client_does_not_ask_twice_on_a_new_connection(tmp_path):
+    daemon = CountingSaslauthd(drop_request=1)
+    # on a new connection a hang-up is an answer of its own: TEMPFAIL, not a second try
+    result = kept_client_checks(tmp_path, daemon, 1)[0]
+    assert result.status is AuthStatus.TEMPFAIL and "connection closed without an answer" in result.reason
+    assert (daemon.connections, daemon.requests) == (1, 1)
 
 
 def test_saslauthd_client_names_the_missing_socket(tmp_path):

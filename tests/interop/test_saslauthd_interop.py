@@ -25,7 +25,7 @@ import pytest
 
 from peers import make_shared_dir, require_peer, require_root, unavailable, wait_for_unix_socket  # noqa: E402
 
-from smarthost.authd.client import AuthStatus, saslauthd_check
+from smarthost.authd.client import AuthStatus, SaslauthdClient, saslauthd_check
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -65,6 +65,14 @@ class Daemon:
 
 def check(path: Path, login: str, password: str, service: str = "smtp", realm: str = ""):
     return asyncio.run(saslauthd_check(path, login, password, service, realm, timeout=10))
+
+
+def checks_on_kept_connections(path: Path, attempts: list[tuple[str, str]], realm: str = "") -> list[AuthStatus]:
+    """What the SMTP workers do: one client keeping its connections, asked one login after another."""
+    async def run():
+        client = SaslauthdClient(path, timeout=10)
+        return [(await client.check(login, password, "smtp", realm)).status for login, password in attempts]
+    return asyncio.run(run())
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +147,10 @@ def test_our_client_against_cyrus_saslauthd_sasldb(workdir):
         assert check(daemon.socket_path, "alice", PASSWORD, realm="example.test").status is AuthStatus.OK
         assert check(daemon.socket_path, "alice", "wrong", realm="example.test").status is AuthStatus.NO
         assert check(daemon.socket_path, "bob", PASSWORD, realm="example.test").status is AuthStatus.NO
+        # Cyrus closes after each answer: a client that keeps connections opens a new one each time
+        attempts = [("alice", PASSWORD), ("alice", "wrong"), ("alice", PASSWORD)] * 4
+        assert checks_on_kept_connections(daemon.socket_path, attempts, realm="example.test") == [
+            AuthStatus.OK, AuthStatus.NO, AuthStatus.OK] * 4
     finally:
         daemon.stop()
 

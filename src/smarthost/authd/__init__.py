@@ -6,5 +6,5 @@ workers never read password hashes themselves (DESIGN.md principle 9).
 - ``passwords``: hash verification and creation; ``userdb``: smarthost's own user database;
 - ``backends``: where passwords are checked (``pam``, ``shadow``, ``passwd``, ``userdb``);
 - ``cache``: the optional credential cache; ``daemon``: the asyncio server;
-- ``client``: what the SMTP server calls (``saslauthd_check``, ``DovecotAuthClient``).
+- ``client``: what the SMTP server calls (``SaslauthdClient``, which keeps connections; ``saslauthd_check`` for one check; ``DovecotAuthClient``).
 """

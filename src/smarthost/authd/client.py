@@ -51,34 +51,142 @@ def _tempfail(what: str, path: str | Path, error: BaseException | str) -> AuthRe
 async def saslauthd_check(
     socket_path: str | Path, login: str, password: str, service: str, realm: str, timeout: float = 5.0
 ) -> AuthResult:
-    """Ask the saslauthd at ``socket_path`` (e.g. ``/var/run/saslauthd/mux``) about one login."""
-    try:
-        request = saslauthd.encode_request(login, password, service, realm)
-    except ValueError as e:
-        return AuthResult(AuthStatus.NO, str(e))  # a daemon would refuse it too: a definite no
-    writer = None
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(str(socket_path))
-            writer.write(request)
-            await writer.drain()
-            decoder = saslauthd.ResponseDecoder()
-            response = None
-            while response is None:
-                data = await reader.read(4096)
-                if not data:
-                    return _tempfail("saslauthd", socket_path, "connection closed without an answer")
-                response = decoder.feed(data)
-    except (OSError, TimeoutError) as e:
-        return _tempfail("cannot reach saslauthd at", socket_path, e)
-    except saslauthd.ProtocolError as e:
-        return _tempfail("saslauthd", socket_path, f"garbled answer ({e})")
-    finally:
-        if writer is not None:
-            writer.close()
-    if response.ok:
-        return AuthResult(AuthStatus.OK, response.text)
-    return AuthResult(AuthStatus.NO, response.text or "authentication failed")
+    """Ask the saslauthd at ``socket_path`` (e.g. ``/var/run/saslauthd/mux``) about one login, on
+    a connection of its own."""
+    return await SaslauthdClient(socket_path, timeout=timeout, keep=0).check(login, password, service, realm)
+
+
+class SaslauthdClient:
+    """Checks logins against one saslauthd socket, one request at a time per connection, keeping
+    up to ``keep`` idle connections for the next checks.
+
+    Cyrus's saslauthd answers one request per connection and closes it; ``smarthost authd``
+    keeps it open for the next request, which spares a ``connect`` (and the daemon an
+    ``accept``) per AUTH. A kept connection that the daemon has closed meanwhile is noticed
+    before use (its end already arrived) or, in a race, by its end arriving before any byte of
+    the answer; the request then goes once more over a new connection. That is safe: a daemon
+    that closed without answering has not acted on the request.
+    """
+
+    def __init__(self, socket_path: str | Path, *, timeout: float = 5.0, keep: int = 16) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.keep = keep
+        self._idle: list[_SaslauthdProtocol] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the idle connections belong to
+
+    async def check(self, login: str, password: str, service: str, realm: str) -> AuthResult:
+        try:
+            request = saslauthd.encode_request(login, password, service, realm)
+        except ValueError as e:
+            return AuthResult(AuthStatus.NO, str(e))  # a daemon would refuse it too: a definite no
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._idle.clear()  # made under another loop (e.g. a test's earlier asyncio.run)
+            self._loop = loop
+        connection = None
+        response = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    connection = self._take_idle()
+                    reused = connection is not None
+                    if connection is None:
+                        _, connection = await loop.create_unix_connection(_SaslauthdProtocol, str(self.socket_path))
+                    response = await connection.ask(request)
+                    if response is not None:
+                        break
+                    connection.close()
+                    connection = None
+                    if not reused:
+                        return _tempfail("saslauthd", self.socket_path, "connection closed without an answer")
+        except (OSError, TimeoutError) as e:
+            return _tempfail("cannot reach saslauthd at", self.socket_path, e)
+        except saslauthd.ProtocolError as e:
+            return _tempfail("saslauthd", self.socket_path, f"garbled answer ({e})")
+        finally:
+            if connection is not None:  # kept only after a whole answer: a late one never meets the next request
+                if response is not None and connection.reusable() and len(self._idle) < self.keep:
+                    self._idle.append(connection)
+                else:
+                    connection.close()
+        if response.ok:
+            return AuthResult(AuthStatus.OK, response.text)
+        return AuthResult(AuthStatus.NO, response.text or "authentication failed")
+
+    def _take_idle(self) -> _SaslauthdProtocol | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable():
+                return connection
+            connection.close()
+        return None
+
+
+class _SaslauthdProtocol(asyncio.Protocol):
+    """One connection to a saslauthd: ``ask(request)`` sends it and waits for the answer (None
+    when the daemon closes the connection before sending any of it)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._decoder: saslauthd.ResponseDecoder | None = None
+        self._waiter: asyncio.Future | None = None
+        self._ended = False  # the daemon closed its side, or sent what nobody asked for
+        self._answered_bytes = 0  # of the answer being waited for
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    async def ask(self, request: bytes) -> saslauthd.Response | None:
+        assert self.transport is not None and self._waiter is None
+        self._decoder = saslauthd.ResponseDecoder()
+        self._answered_bytes = 0
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        try:
+            return await self._waiter
+        finally:
+            self._waiter = None
+            self._decoder = None
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._decoder is None:
+            self._ended = True  # bytes nobody asked for: never use this connection again
+            return
+        self._answered_bytes += len(data)
+        try:
+            response = self._decoder.feed(data)
+        except saslauthd.ProtocolError as e:
+            self._ended = True
+            waiter.set_exception(e)
+            return
+        if response is not None:
+            waiter.set_result(response)
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        self._ended = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if self._answered_bytes:  # the daemon may have acted on the request: no second try
+                waiter.set_exception(saslauthd.ProtocolError("the answer was cut short"))
+            else:
+                waiter.set_result(None)
+
+    def reusable(self) -> bool:
+        return not self._ended and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self._ended = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 class DovecotAuthClient:

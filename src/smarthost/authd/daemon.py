@@ -97,10 +97,14 @@ def _where(login: str, service: str, realm: str) -> str:
 
 
 class _SaslauthdConnection(asyncio.Protocol):
-    """One saslauthd client: one request, one answer, then the daemon closes (as saslauthd does).
+    """One saslauthd client: one request at a time, each answered in turn.
 
-    A protocol object rather than streams and a task: a login the credential cache knows is
-    answered inside the read callback. The client has ``request_timeout`` to send its request.
+    Cyrus's saslauthd closes the connection after its answer; we keep it open for the next
+    request, so a client that asks again (smarthost's SMTP workers do) spares a ``connect``,
+    and one that closes after its answer (Cyrus's libsasl2, ``testsaslauthd``) sees no
+    difference. A protocol object rather than streams and a task: a login the credential cache
+    knows is answered inside the read callback. The client has ``request_timeout`` to send
+    each request; an idle connection is closed after as long.
     """
 
     def __init__(self, daemon: AuthDaemon, loop: asyncio.AbstractEventLoop) -> None:
@@ -109,7 +113,7 @@ class _SaslauthdConnection(asyncio.Protocol):
         self.decoder = saslauthd.RequestDecoder()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.answered = False
+        self.checking = False  # a request is being answered; input waits
         self.task: asyncio.Task | None = None  # a check the cache could not answer (kept referenced)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,17 +121,18 @@ class _SaslauthdConnection(asyncio.Protocol):
         self.timer = self.loop.call_later(self.daemon.request_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
-        if self.answered:
+        if self.checking or self.transport is None or self.transport.is_closing():
             return
         try:
             request = self.decoder.feed(data)
         except saslauthd.ProtocolError as e:
             self.daemon.maillog.warning(f"bad saslauthd request: {e}")
-            self._answer(False, "bad request")
+            self._answer(False, "bad request", last=True)
             return
         if request is None:
             return
         self.timer.cancel()
+        self.checking = True
         self.transport.pause_reading()
         if self.daemon.cached(request.login, request.password, request.service, request.realm):
             self._answer(True, "Success.")
@@ -136,21 +141,35 @@ class _SaslauthdConnection(asyncio.Protocol):
 
     async def _check(self, request: saslauthd.Request) -> None:
         ok = await self.daemon.check(request.login, request.password, request.service, request.realm)
+        self.task = None
         self._answer(bool(ok), "Success." if ok else "temporary failure" if ok is None else "authentication failed")
 
-    def _answer(self, ok: bool, text: str) -> None:
-        self.answered = True
+    def _answer(self, ok: bool, text: str, *, last: bool = False) -> None:
         if self.timer is not None:
             self.timer.cancel()
         transport = self.transport
-        if transport is not None and not transport.is_closing():  # else: the client went away
-            transport.write(saslauthd.encode_response(ok, text))
+        if transport is None or transport.is_closing():  # the client went away
+            return
+        transport.write(saslauthd.encode_response(ok, text))
+        if last:
             transport.close()
+            return
+        self.decoder = saslauthd.RequestDecoder()  # the next request, if the client has one
+        self.checking = False
+        self.timer = self.loop.call_later(self.daemon.request_timeout, self._idle_timeout)
+        transport.resume_reading()
 
     def _timed_out(self) -> None:
-        if not self.answered and self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             self.daemon.maillog.warning("saslauthd client timed out")
             self.transport.abort()
+
+    def _idle_timeout(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.decoder.started:
+                self._timed_out()  # a request begun and not finished in time
+            else:
+                self.transport.close()  # an idle kept connection: nothing to report
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:

@@ -74,6 +74,11 @@ class RequestDecoder:
         self._want: int | None = None  # length of the field being read, once its count is in
         self._done = False
 
+    @property
+    def started(self) -> bool:
+        """Some of a request has arrived."""
+        return bool(self._buffer or self._values or self._want is not None)
+
     def feed(self, data: bytes) -> Request | None:
         if self._done:
             if data:

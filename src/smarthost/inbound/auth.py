@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from smarthost.authd.cache import CredentialCache
-from smarthost.authd.client import AuthResult, AuthStatus, DovecotAuthClient, saslauthd_check
+from smarthost.authd.client import AuthResult, AuthStatus, DovecotAuthClient, SaslauthdClient
 from smarthost.authd.userdb import UserDB
 from smarthost.config.saslconf import SaslConf
 from smarthost.sasl import CramSecret, ScramCredentials
@@ -100,6 +100,7 @@ class PasswordChecker:
     def __init__(self, conf: SaslConf, saslauthd: AuthSocket | None = None) -> None:
         self.conf = conf
         self.saslauthd = saslauthd or AuthSocket(conf.saslauthd_path)  # where saslauthd_path is, see auth_socket()
+        self._saslauthd = SaslauthdClient(self.saslauthd.path, timeout=AUTH_TIMEOUT)  # keeps idle connections
         self.secret = secrets.token_bytes(32)  # SCRAM's fake salts for unknown users
         self._userdb = UserDB(conf.sasldb_path) if conf.sasldb_path and "auxprop" in conf.pwcheck_methods else None
         self._pool: ThreadPoolExecutor | None = None
@@ -121,8 +122,7 @@ class PasswordChecker:
         temporary = ""
         for method in self.conf.pwcheck_methods:
             if method == "saslauthd":
-                result = await saslauthd_check(self.saslauthd.path, login, password, service, realm,
-                                               timeout=AUTH_TIMEOUT)
+                result = await self._saslauthd.check(login, password, service, realm)
                 if result.status is AuthStatus.TEMPFAIL:
                     result = replace(result, reason=self.saslauthd.explain(result.reason))
             elif self._cache.hit(login, password, service, realm):
