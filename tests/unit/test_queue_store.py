@@ -502,6 +502,51 @@ def test_a_writer_lock_held_forever_fails_the_batch_after_busy_timeout(queue_dir
         assert store.count() == 1
 
 
+def test_the_management_connection_waits_for_a_held_writer_lock_and_lets_go_of_it(queue_dir: Path) -> None:
+    # Another writer holds the flock for a while: a management write waits (within busy_timeout)
+    # and goes through once it is free; a wait given up on never leaves the lock taken.
+    import fcntl
+
+    def lock_is_free() -> bool:
+        probe = os.open(queue_dir / "queue.lock", os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(probe)
+
+    with QueueStore(queue_dir, busy_timeout=5) as store:
+        queue_id = store.submit_sync(ENVELOPE, SMALL)
+        holder = os.open(queue_dir / "queue.lock", os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        releaser = threading.Timer(0.3, lambda: (fcntl.flock(holder, fcntl.LOCK_UN), os.close(holder)))
+        releaser.start()
+        started = time.monotonic()
+        store.move(queue_id, QueueState.HOLD)
+        assert 0.25 <= time.monotonic() - started < 3
+        assert store.get(queue_id).state is QueueState.HOLD
+        assert lock_is_free()  # the descriptor the wait took it on was closed
+
+    with QueueStore(queue_dir, busy_timeout=0.2) as store:
+        holder = os.open(queue_dir / "queue.lock", os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(QueueError, match="not obtained within 0.2s"):
+                store.move(queue_id, QueueState.INCOMING)
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
+        deadline = time.monotonic() + 5
+        while not lock_is_free() and time.monotonic() < deadline:  # the given-up waiter lets go
+            time.sleep(0.01)
+        assert lock_is_free()
+        store.move(queue_id, QueueState.INCOMING)  # and the next write is not disturbed by it
+        assert store.get(queue_id).state is QueueState.INCOMING
+        assert lock_is_free()
+
+
 def test_a_writer_lock_held_forever_answers_the_servers_messages_after_busy_timeout(queue_dir: Path) -> None:
     # The SMTP server's path (submit_nowait from the event loop): the committer blocks on the
     # lock, the loop answers QueueError (451) once busy_timeout has passed, and what it answered

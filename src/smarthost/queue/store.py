@@ -247,30 +247,65 @@ def _make_private_directory(path: Path) -> None:
     _fsync_directory(path.parent)
 
 
-def _lock_within(fd: int, timeout: float, path: Path) -> None:
-    """Take the writers' ``flock`` on ``fd``, giving up after ``timeout`` seconds.
+def _lock_within(fd: int, timeout: float, path: Path) -> int:
+    """Take the writers' ``flock`` (the file at ``path``, open as ``fd``) within ``timeout``
+    seconds; returns the descriptor that holds it: ``fd``, or one opened for the wait, which the
+    caller closes to let go.
 
-    A free lock costs one non-blocking try. A held one is polled with sleeps growing from
-    0.05 ms to 1 ms (a commit holds it for a fraction of a millisecond, so the usual wait stays
-    short; flock itself cannot time out), and a holder that never lets go (a hung tool) fails
-    the caller with QueueError after ``timeout`` instead of blocking every session behind it.
+    A free lock costs one non-blocking try. A held one is waited for in the kernel, like the
+    committers wait (a poller would lose every race to them while the SMTP workers commit
+    without pause), by a thread on a descriptor of its own: ``flock`` cannot time out, so that
+    is how the wait is bounded. A holder that never lets go (a hung tool) fails the caller with
+    QueueError after ``timeout``; the thread left waiting lets go of the lock as soon as it gets
+    it, on its own descriptor, so it never touches a lock taken later through ``fd``.
     """
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
+        return fd
     except BlockingIOError:
         pass
-    deadline = time.monotonic() + timeout
-    delay = 0.00005
-    while True:
-        time.sleep(delay)
+    waiter = _LockWaiter(path)
+    if not waiter.wait(timeout):
+        raise QueueError(f"queue lock {path} not obtained within {timeout:g}s")
+    return waiter.fd
+
+
+class _LockWaiter:
+    """A blocking ``flock`` on a new descriptor of ``path``, in a thread; see ``_lock_within``."""
+
+    def __init__(self, path: Path) -> None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise QueueError(f"queue lock {path} not obtained within {timeout:g}s") from None
-        delay = min(delay * 2, 0.001)
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise QueueError(f"queue lock {path}: {exc.strerror}") from exc
+        self._path = path
+        self._taken = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._error: OSError | None = None
+        threading.Thread(target=self._run, name="queue-lock-wait", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._error = exc
+        with self._lock:
+            abandoned = self._abandoned
+            self._taken.set()
+        if abandoned or self._error is not None:
+            os.close(self.fd)  # lets go of the lock, if it was taken
+
+    def wait(self, timeout: float) -> bool:
+        """True once the lock is held through ``self.fd``; False (given up) after ``timeout``."""
+        if not self._taken.wait(timeout):
+            with self._lock:
+                if not self._taken.is_set():
+                    self._abandoned = True
+                    return False
+        if self._error is not None:
+            raise QueueError(f"queue lock {self._path}: {self._error.strerror}")
+        return True
 
 
 def _failure(cause: BaseException) -> QueueError:
@@ -335,7 +370,7 @@ class QueueStore:
         self._conn_lock = threading.Lock()
         self._bodies_fd = os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         # Writers queue up on this lock (the committer blocks on it; the management connection
-        # polls it from 0.05 ms, _lock_within) instead of polling SQLite's
+        # waits for it with a bound, _lock_within) instead of polling SQLite's
         # write lock with its busy handler, which sleeps 1 ms and more between tries: with several
         # worker processes that sleep was most of a message's latency. One descriptor per
         # connection, so the committer and the management connection exclude each other too.
@@ -722,8 +757,7 @@ class QueueStore:
         writing = begin != "BEGIN"
         with self._conn_lock:
             conn = self._conn
-            if writing:
-                _lock_within(self._conn_lock_fd, self._busy_timeout, self.directory / LOCK_NAME)
+            held = _lock_within(self._conn_lock_fd, self._busy_timeout, self.directory / LOCK_NAME) if writing else None
             try:
                 conn.execute(begin)
                 try:
@@ -735,8 +769,10 @@ class QueueStore:
             except sqlite3.Error as exc:
                 raise QueueError(f"queue database {self.directory / DB_NAME}: {exc}") from exc
             finally:
-                if writing:
-                    fcntl.flock(self._conn_lock_fd, fcntl.LOCK_UN)
+                if held == self._conn_lock_fd:
+                    fcntl.flock(held, fcntl.LOCK_UN)
+                elif held is not None:
+                    os.close(held)  # the descriptor the wait took it on
 
     def list(self, state: QueueState | None = None) -> list[QueueEntry]:
         """Entries in ``state`` (all if None), oldest id first."""
