@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from peers import PeerError, wait_for_unix_socket  # tests/interop, on sys.path through conftest
+
 from smarthost.authd.backends import make_backend
 from smarthost.authd.client import AuthStatus, DovecotAuthClient, SaslauthdClient, saslauthd_check
 from smarthost.authd import saslauthd as saslauthd_wire
@@ -31,16 +33,10 @@ PASSWORD = "correct horse"
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        with socket.socket(socket.AF_UNIX) as s:
-            try:
-                s.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.05)
-    raise AssertionError(f"{path} never accepted")
+    try:
+        wait_for_unix_socket(path, lambda: proc.poll() is None, timeout)
+    except PeerError as exc:
+        raise AssertionError(f"{exc}: {proc.stderr.read().decode() if proc.poll() is not None else ''}") from None
 
 
 @pytest.fixture
