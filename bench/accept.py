@@ -9,7 +9,7 @@ of the server's whole process tree from /proc (→ CPU µs per message), then ch
 queue grew by exactly the number of messages sent: a run that loses mail is an error.
 
 Run as root on Debian with the peers installed (scripts/install-peers.sh), from the repository:
-``.venv/bin/python bench/accept.py [--messages 2000] [--runs 3] [--sessions 20,100] [--size 4096]``.
+``.venv/bin/python bench/accept.py [--messages 2000] [--runs 5] [--sessions 20,100] [--size 4096]``.
 See bench/README.md.
 """
 
@@ -166,7 +166,7 @@ def print_summary(summary: dict, args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
-    p.add_argument("--runs", type=int, default=3, help="runs per target and shape (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="runs per target and shape (default 5)")
     p.add_argument("--sessions", default="20,100", help="comma-separated session counts (default 20,100)")
     p.add_argument("--size", type=int, default=4096, help="message size in bytes (default 4096)")
     p.add_argument("--targets", default="postfix,smarthost", help="which servers (default postfix,smarthost)")

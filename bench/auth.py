@@ -28,7 +28,7 @@ tree plus its auth daemon's) and the client's own CPU, and checks that every mes
 250 and that the queue grew by exactly that many.
 
 Run as root on Debian with the peers installed, from the repository:
-``.venv/bin/python bench/auth.py [--messages 2000] [--runs 3] [--shapes 20x10,100x10,20x1,100x1]``.
+``.venv/bin/python bench/auth.py [--messages 2000] [--runs 5] [--shapes 20x10,100x10,20x1,100x1]``.
 See bench/README.md.
 """
 
@@ -288,7 +288,7 @@ def parse_shapes(text: str) -> list[Shape]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", type=int, default=2000, help="messages per run (default 2000)")
-    p.add_argument("--runs", type=int, default=3, help="runs per target and shape (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="runs per target and shape (default 5)")
     p.add_argument("--shapes", default="20x10,100x10,20x1,100x1",
                    help="CLIENTSxMESSAGES_PER_CONNECTION, comma-separated (default 20x10,100x10,20x1,100x1)")
     p.add_argument("--size", type=int, default=4096, help="message size in bytes (default 4096)")
