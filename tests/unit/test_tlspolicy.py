@@ -83,3 +83,69 @@ def test_none_has_no_context_and_unsupported_levels_fail_at_start() -> None:
     with pytest.raises(TLSConfigError, match="smtp_tls_security_level: TLS level dane-only is not supported"):
         ClientTLSSettings.from_params({"smtp_tls_security_level": "dane-only"})
     assert ClientTLSSettings.from_params({"smtp_tls_security_level": "dane"}).level is Level.MAY
+
+
+def _handshake(client_ctx: ssl.SSLContext, server_cipher: str) -> str | None:
+    """A real TLS 1.2 handshake over a socketpair against a server offering only ``server_cipher``:
+    the cipher agreed on, or None when the handshake failed."""
+    import socket
+    import threading
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("mx.example.org").configure_cert(server_ctx)
+    server_ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 suites are not cipher-list ciphers
+    server_ctx.set_ciphers(server_cipher)
+    a, b = socket.socketpair()
+
+    def serve() -> None:
+        try:
+            with server_ctx.wrap_socket(b, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client_ctx.wrap_socket(a, server_hostname="mx.example.org") as tls:
+            return tls.cipher()[0]
+    except (ssl.SSLError, OSError):
+        return None
+    finally:
+        thread.join(5)
+        b.close()
+
+
+def test_mandatory_exclude_ciphers_apply_at_mandatory_levels_only() -> None:
+    settings = ClientTLSSettings.from_params({"smtp_tls_mandatory_exclude_ciphers": ["AES128"]})
+    cipher = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"
+    policies = TLSPolicies(settings)
+    assert _handshake(policies.for_nexthop(parse_nexthop("x.example")).context, cipher) is not None  # may
+    encrypt = TLSPolicies(ClientTLSSettings.from_params({
+        "smtp_tls_security_level": "encrypt", "smtp_tls_mandatory_exclude_ciphers": ["AES128"]}))
+    assert _handshake(encrypt.for_nexthop(parse_nexthop("x.example")).context, cipher) is None
+    assert _handshake(encrypt.for_nexthop(parse_nexthop("x.example")).context,
+                      "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384") is not None
+
+
+def test_exclude_ciphers_apply_at_every_level() -> None:
+    settings = ClientTLSSettings.from_params({"smtp_tls_exclude_ciphers": ["AES128"]})
+    context = TLSPolicies(settings).for_nexthop(parse_nexthop("x.example")).context
+    assert _handshake(context, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256") is None
+
+
+def test_policy_map_exclude_replaces_the_mandatory_exclusions() -> None:
+    table = open_table("inline:{ { [relay.example]:587 = encrypt exclude=AES256 }, { [plain.example] = may exclude=AES128 } }")
+    settings = ClientTLSSettings.from_params({"smtp_tls_mandatory_exclude_ciphers": ["AES128"]})
+    policies = TLSPolicies(settings, [table])
+    relay = policies.for_nexthop(parse_nexthop("[relay.example]:587")).context
+    assert _handshake(relay, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256") is not None
+    assert _handshake(relay, "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384") is None
+    plain = policies.for_nexthop(parse_nexthop("[plain.example]")).context  # not mandatory: no effect
+    assert _handshake(plain, "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256") is not None
+    with pytest.raises(TLSConfigError, match="unsupported attribute 'tafile=x'; use match=, protocols=, ciphers= or exclude="):
+        TLSPolicies(settings, [open_table("inline:{ { [a.example] = encrypt tafile=x } }")]).for_nexthop(
+            parse_nexthop("[a.example]"))

@@ -440,6 +440,7 @@ _TABLE: tuple[Parameter, ...] = (
     _enum("smtp_tls_ciphers", "medium", _TLS_CIPHER_GRADES),
     _enum("smtp_tls_mandatory_ciphers", "medium", _TLS_CIPHER_GRADES),
     _list("smtp_tls_exclude_ciphers"),
+    _list("smtp_tls_mandatory_exclude_ciphers"),  # in addition, at mandatory levels
     _list("smtp_tls_verify_cert_match", "hostname"),
     _list("smtp_tls_secure_cert_match", "nexthop, dot-nexthop"),
     # Bounces. Ours adds 2bounce to notify_classes: a failed bounce is never dropped silently.

@@ -21,7 +21,9 @@ not supported: :class:`~smarthost.tls.TLSConfigError` at start.
 ``smtp_tls_policy_maps`` override the level per destination. Keys (TLS_README "TLS policy
 table"): the next hop exactly as written when it has brackets or a port (``[host]:587``),
 otherwise the domain, then its parent domains as ``.parent``. Values: a level followed by
-optional attributes ``match=name1:name2``, ``protocols=...``, ``ciphers=grade``.
+optional attributes ``match=name1:name2``, ``protocols=...``, ``ciphers=grade`` and
+``exclude=cipher1:cipher2`` (at a mandatory level, in place of
+``smtp_tls_mandatory_exclude_ciphers``).
 
 Names in a match list: ``hostname`` (the host connected to), ``nexthop`` (the next-hop
 domain), ``dot-nexthop`` (its subdomains), a literal name, or ``.domain`` (its subdomains).
@@ -30,6 +32,8 @@ no DNS names, RFC 6125 §6.4.4); a ``*`` wildcard stands for exactly one leftmos
 
 Mandatory levels (encrypt, verify, secure) use ``smtp_tls_mandatory_protocols`` and
 ``smtp_tls_mandatory_ciphers``; ``may`` uses ``smtp_tls_protocols`` and ``smtp_tls_ciphers``.
+``smtp_tls_exclude_ciphers`` applies at every level, ``smtp_tls_mandatory_exclude_ciphers`` in
+addition at the mandatory ones (postconf(5)).
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class ClientTLSSettings:
     ciphers: str = "medium"
     mandatory_ciphers: str = "medium"
     exclude_ciphers: tuple[str, ...] = ()
+    mandatory_exclude_ciphers: tuple[str, ...] = ()  # in addition, at mandatory levels
     verify_cert_match: tuple[str, ...] = ("hostname",)
     secure_cert_match: tuple[str, ...] = ("nexthop", "dot-nexthop")
     loglevel: int = 0
@@ -124,6 +129,7 @@ class ClientTLSSettings:
             ciphers=text("smtp_tls_ciphers", "medium"),
             mandatory_ciphers=text("smtp_tls_mandatory_ciphers", "medium"),
             exclude_ciphers=listed("smtp_tls_exclude_ciphers", ()),
+            mandatory_exclude_ciphers=listed("smtp_tls_mandatory_exclude_ciphers", ()),
             verify_cert_match=listed("smtp_tls_verify_cert_match", ("hostname",)),
             secure_cert_match=listed("smtp_tls_secure_cert_match", ("nexthop", "dot-nexthop")),
             loglevel=int(get("smtp_tls_loglevel", 0)),
@@ -158,10 +164,12 @@ class TLSPolicy:
 
 
 def make_context(
-    settings: ClientTLSSettings, level: Level, protocols: str | None = None, ciphers: str | None = None
+    settings: ClientTLSSettings, level: Level, protocols: str | None = None, ciphers: str | None = None,
+    exclude: tuple[str, ...] | None = None,
 ) -> ssl.SSLContext | None:
     """An SSLContext for ``level``; chain verification on at verify/secure (names are checked
-    by :func:`certificate_matches` after the handshake, since several names may be allowed)."""
+    by :func:`certificate_matches` after the handshake, since several names may be allowed).
+    ``exclude`` (a policy map's ``exclude=``) replaces ``smtp_tls_mandatory_exclude_ciphers``."""
     if level is Level.NONE:
         return None
     prefix = "smtp_tls_mandatory" if level.mandatory else "smtp_tls"
@@ -169,9 +177,12 @@ def make_context(
         protocols = settings.mandatory_protocols if level.mandatory else settings.protocols
     if ciphers is None:
         ciphers = settings.mandatory_ciphers if level.mandatory else settings.ciphers
+    excluded = list(settings.exclude_ciphers)
+    if level.mandatory:
+        excluded += settings.mandatory_exclude_ciphers if exclude is None else exclude
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
-    configure(ctx, protocols=protocols, ciphers=ciphers, exclude=list(settings.exclude_ciphers), prefix=prefix)
+    configure(ctx, protocols=protocols, ciphers=ciphers, exclude=excluded, prefix=prefix)
     if level.verifies:
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:
@@ -204,13 +215,15 @@ class TLSPolicies:
     def __init__(self, settings: ClientTLSSettings, policy_maps: Sequence[Table] = ()) -> None:
         self.settings = settings
         self._maps = tuple(policy_maps)
-        self._contexts: dict[tuple[Level, str | None, str | None], ssl.SSLContext | None] = {}
+        self._contexts: dict[tuple[Level, str | None, str | None, tuple[str, ...] | None], ssl.SSLContext | None] = {}
         self._default = self._build(settings.level, "smtp_tls_security_level", {})
 
-    def _context(self, level: Level, protocols: str | None, ciphers: str | None) -> ssl.SSLContext | None:
-        key = (level, protocols, ciphers)
+    def _context(
+        self, level: Level, protocols: str | None, ciphers: str | None, exclude: tuple[str, ...] | None
+    ) -> ssl.SSLContext | None:
+        key = (level, protocols, ciphers, exclude)
         if key not in self._contexts:
-            self._contexts[key] = make_context(self.settings, level, protocols, ciphers)
+            self._contexts[key] = make_context(self.settings, level, protocols, ciphers, exclude)
         return self._contexts[key]
 
     def _build(self, level: Level, source: str, attributes: Mapping[str, str]) -> TLSPolicy:
@@ -221,7 +234,9 @@ class TLSPolicies:
             names = self.settings.secure_cert_match
         else:
             names = self.settings.verify_cert_match
-        context = self._context(level, attributes.get("protocols"), attributes.get("ciphers"))
+        exclude = attributes.get("exclude")
+        context = self._context(level, attributes.get("protocols"), attributes.get("ciphers"),
+                                None if exclude is None else tuple(c for c in exclude.split(":") if c))
         return TLSPolicy(level, names, context, source)
 
     def for_nexthop(self, nexthop: NextHop) -> TLSPolicy:
@@ -242,8 +257,10 @@ class TLSPolicies:
         attributes: dict[str, str] = {}
         for word in words[1:]:
             name, eq, attr = word.partition("=")
-            if not eq or name.lower() not in ("match", "protocols", "ciphers"):
-                raise TLSConfigError(f"{where}: unsupported attribute {word!r}; use match=, protocols= or ciphers=")
+            if not eq or name.lower() not in ("match", "protocols", "ciphers", "exclude"):
+                raise TLSConfigError(
+                    f"{where}: unsupported attribute {word!r}; use match=, protocols=, ciphers= or exclude="
+                )
             attributes[name.lower()] = attr
         return self._build(level, where, attributes)
 
