@@ -9,6 +9,7 @@ import pytest
 import trustme
 
 from smarthost.config import load
+from tls_handshake import handshake  # tests/unit
 from smarthost.tls import TLSConfigError, protocol_range, server_context
 
 
@@ -67,17 +68,7 @@ def test_no_certificate_means_no_tls(tmp_path):
 
 def _pump_handshake(server: ssl.SSLContext, client: ssl.SSLContext, session=None) -> ssl.SSLObject:
     """A whole TLS handshake in memory; returns the client's side once it has read the tickets."""
-    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    srv = server.wrap_bio(s_in, s_out, server_side=True)
-    cli = client.wrap_bio(c_in, c_out, server_hostname="mx.example.test", session=session)
-    for _ in range(5):
-        for side in (cli, srv):
-            try:
-                side.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-            s_in.write(c_out.read())
-            c_in.write(s_out.read())
+    cli = handshake(server, client, session=session)
     with pytest.raises(ssl.SSLWantReadError):
         cli.read(1)  # takes in the NewSessionTicket messages; no application data
     return cli

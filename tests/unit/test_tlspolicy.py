@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 
 import pytest
+import trustme
 
 from smarthost.outbound.routing import parse_nexthop
 from smarthost.outbound.tlspolicy import (
@@ -16,6 +17,7 @@ from smarthost.outbound.tlspolicy import (
 )
 from smarthost.tables import open_table
 from smarthost.tls import TLSConfigError
+from tls_handshake import handshake  # tests/unit
 
 
 def cert(*dns: str, ips: tuple[str, ...] = (), cn: str | None = None) -> dict:
@@ -86,37 +88,16 @@ def test_none_has_no_context_and_unsupported_levels_fail_at_start() -> None:
 
 
 def _handshake(client_ctx: ssl.SSLContext, server_cipher: str) -> str | None:
-    """A real TLS 1.2 handshake over a socketpair against a server offering only ``server_cipher``:
-    the cipher agreed on, or None when the handshake failed."""
-    import socket
-    import threading
-
-    import trustme
-
-    ca = trustme.CA()
+    """A real TLS 1.2 handshake against a server offering only ``server_cipher``: the cipher
+    agreed on, or None when the handshake failed."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("mx.example.org").configure_cert(server_ctx)
+    trustme.CA().issue_cert("mx.example.org").configure_cert(server_ctx)
     server_ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 suites are not cipher-list ciphers
     server_ctx.set_ciphers(server_cipher)
-    a, b = socket.socketpair()
-
-    def serve() -> None:
-        try:
-            with server_ctx.wrap_socket(b, server_side=True):
-                pass
-        except (ssl.SSLError, OSError):
-            pass
-
-    thread = threading.Thread(target=serve)
-    thread.start()
     try:
-        with client_ctx.wrap_socket(a, server_hostname="mx.example.org") as tls:
-            return tls.cipher()[0]
-    except (ssl.SSLError, OSError):
+        return handshake(server_ctx, client_ctx, server_hostname="mx.example.org").cipher()[0]
+    except ssl.SSLError:
         return None
-    finally:
-        thread.join(5)
-        b.close()
 
 
 def test_mandatory_exclude_ciphers_apply_at_mandatory_levels_only() -> None:

@@ -1080,6 +1080,18 @@ async def run_queue_manager(config_dir: Path, maillog: Any) -> None:
         maillog.flush()
 
 
+def _failures(active: _Active, indices: list[int], results: dict[int, Outcome]) -> list[Failure]:
+    """The notice lines of recipients ``indices``: address, status, text, and the remote MTA
+    (the relay's host name) when the reply came from one."""
+    failures = []
+    for i in indices:
+        outcome = results[i]
+        relay = active.relays.get(i, "none")
+        remote = relay.partition("[")[0] if outcome.reply is not None and "[" in relay else None
+        failures.append(Failure(active.entry.envelope.recipients[i].address, outcome.enhanced, outcome.text, remote))
+    return failures
+
+
 __all__ = [
     "DeliveryReport",
     "Forward",
@@ -1096,14 +1108,3 @@ __all__ = [
     "wake_socket_path",
 ]
 
-
-def _failures(active: _Active, indices: list[int], results: dict[int, Outcome]) -> list[Failure]:
-    """The notice lines of recipients ``indices``: address, status, text, and the remote MTA
-    (the relay's host name) when the reply came from one."""
-    failures = []
-    for i in indices:
-        outcome = results[i]
-        relay = active.relays.get(i, "none")
-        remote = relay.partition("[")[0] if outcome.reply is not None and "[" in relay else None
-        failures.append(Failure(active.entry.envelope.recipients[i].address, outcome.enhanced, outcome.text, remote))
-    return failures

@@ -266,8 +266,12 @@ def _lock_within(fd: int, timeout: float, path: Path) -> int:
         pass
     waiter = _LockWaiter(path)
     if not waiter.wait(timeout):
-        raise QueueError(f"queue lock {path} not obtained within {timeout:g}s")
+        raise _lock_timeout(path, timeout)
     return waiter.fd
+
+
+def _lock_timeout(path: Path, timeout: float) -> QueueError:
+    return QueueError(f"queue lock {path} not obtained within {timeout:g}s")
 
 
 class _LockWaiter:
@@ -546,7 +550,7 @@ class QueueStore:
             lost = [item for item in items if item.state == _WAITING]
             for item in lost:
                 item.state = _ABANDONED
-        error = QueueError(f"queue lock {self.directory / LOCK_NAME} not obtained within {self._busy_timeout:g}s")
+        error = _lock_timeout(self.directory / LOCK_NAME, self._busy_timeout)
         for item in lost:
             if item.body_file is not None:
                 self._remove_body_file(item.body_file)
@@ -576,9 +580,7 @@ class QueueStore:
             return waiter.result(timeout=self._busy_timeout)
         except concurrent.futures.TimeoutError:
             if self._abandon([item]):
-                raise QueueError(
-                    f"queue lock {self.directory / LOCK_NAME} not obtained within {self._busy_timeout:g}s"
-                ) from None
+                raise _lock_timeout(self.directory / LOCK_NAME, self._busy_timeout) from None
             return waiter.result()  # taken by the committer: its commit is under way
 
     def _prepare(self, envelope: Envelope, body: bytes, queue_id: str | None) -> _Pending:
