@@ -164,7 +164,8 @@ async def _relay(config_dir: Path, message: bytes) -> tuple[str, MailLog, QueueS
         manager.wake()
         for _ in range(3000):
             await asyncio.sleep(0.01)
-            if store.get(queue_id) is None or store.get(queue_id).attempts:
+            entry = store.get(queue_id)  # read once: the delivery may finish between two reads
+            if entry is None or entry.attempts:
                 break
         return queue_id, maillog, store
     finally:
