@@ -8,6 +8,11 @@ runs, alternating which goes first; each run measures wall time (→ msgs/s) and
 of the server's whole process tree from /proc (→ CPU µs per message), then checks that the
 queue grew by exactly the number of messages sent: a run that loses mail is an error.
 
+The targets ``ceiling`` and ``ceiling-nosync`` are ``bench/ceiling_sink.py``: an SMTP sink in
+Python that answers every command with a canned reply and (``ceiling``) answers 250 only after
+one ``fdatasync`` per batch. Its ratio to Postfix is the highest a durable Python server can reach
+on this machine under this load; smarthost's ratio is to be read against it.
+
 Run as root on Debian with the peers installed (scripts/install-peers.sh), from the repository:
 ``.venv/bin/python bench/accept.py [--messages 2000] [--runs 5] [--sessions 20,100] [--size 4096]``.
 See bench/README.md.
@@ -29,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import ceiling_sink
 from common import ROOT, TIME_WAIT_LIMIT, versions, wait_for_time_wait_below, write_results
 from peers import (  # tests/interop, on sys.path through common
     PeerError,
@@ -43,6 +49,7 @@ from peers import (  # tests/interop, on sys.path through common
 SENDER = "bench@sender.example"
 RECIPIENT = "rcpt@remote.example"  # a foreign domain: accepted because loopback is in mynetworks
 QUEUE_SETTLE = 15.0  # seconds to wait for the queue count to reach what was sent
+TARGETS = ("postfix", "smarthost", "ceiling", "ceiling-nosync")
 
 
 @dataclass
@@ -141,26 +148,31 @@ def summarize(runs: list[Run], targets: list[str], shapes: list[int]) -> dict:
                 "server_cpu_us_per_msg": statistics.median(r.server_cpu_us_per_msg for r in mine),
                 "client_cpu_us_per_msg": statistics.median(r.client_cpu_us_per_msg for r in mine),
             }
-        if "smarthost" in row and "postfix" in row:
-            row["ratio_msgs_per_s"] = row["smarthost"]["msgs_per_s"] / row["postfix"]["msgs_per_s"]
-            row["ratio_cpu_per_msg"] = (row["smarthost"]["server_cpu_us_per_msg"]
-                                        / row["postfix"]["server_cpu_us_per_msg"])
+        if "postfix" in row:
+            for name in targets:
+                if name != "postfix":
+                    row[name]["ratio_msgs_per_s"] = row[name]["msgs_per_s"] / row["postfix"]["msgs_per_s"]
+                    row[name]["ratio_cpu_per_msg"] = (row[name]["server_cpu_us_per_msg"]
+                                                      / row["postfix"]["server_cpu_us_per_msg"])
         summary[f"{sessions} sessions"] = row
     return summary
 
 
 def print_summary(summary: dict, args: argparse.Namespace) -> None:
     print(f"\nmedians of {args.runs} runs, {args.messages} messages x {args.size} bytes each")
-    print(f"{'shape':<14}{'target':<11}{'msgs/s':>9}{'server CPU us/msg':>19}{'client CPU us/msg':>19}")
+    print(f"{'shape':<14}{'target':<15}{'msgs/s':>9}{'server CPU us/msg':>19}{'client CPU us/msg':>19}"
+          f"{'msgs/s ratio':>14}{'CPU ratio':>11}")
     for shape, row in summary.items():
-        for name in ("postfix", "smarthost"):
+        for name in TARGETS:
             if name in row:
                 r = row[name]
-                print(f"{shape:<14}{name:<11}{r['msgs_per_s']:>9.0f}{r['server_cpu_us_per_msg']:>19.0f}"
-                      f"{r['client_cpu_us_per_msg']:>19.0f}")
-        if "ratio_msgs_per_s" in row:
-            print(f"{shape:<14}{'ratio':<11}{row['ratio_msgs_per_s']:>8.2f}x{row['ratio_cpu_per_msg']:>18.2f}x"
-                  "   (smarthost / Postfix)")
+                ratios = (f"{r['ratio_msgs_per_s']:>13.2f}x{r['ratio_cpu_per_msg']:>10.2f}x"
+                          if "ratio_msgs_per_s" in r else "")
+                print(f"{shape:<14}{name:<15}{r['msgs_per_s']:>9.0f}{r['server_cpu_us_per_msg']:>19.0f}"
+                      f"{r['client_cpu_us_per_msg']:>19.0f}{ratios}")
+    if any("postfix" in row for row in summary.values()):
+        print("(ratios: target / Postfix; ceiling = bench/ceiling_sink.py, the most a durable Python"
+              " server can reach here)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -169,7 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="runs per target and shape (default 5)")
     p.add_argument("--sessions", default="20,100", help="comma-separated session counts (default 20,100)")
     p.add_argument("--size", type=int, default=4096, help="message size in bytes (default 4096)")
-    p.add_argument("--targets", default="postfix,smarthost", help="which servers (default postfix,smarthost)")
+    p.add_argument("--targets", default="postfix,smarthost,ceiling",
+                   help=f"which servers, of {', '.join(TARGETS)} (default postfix,smarthost,ceiling)")
     p.add_argument("--workers", type=int, help="smtpd_worker_processes for smarthost (default: its own)")
     p.add_argument("--dir", help="parent directory for both queues (default: a fresh one in /var/tmp)")
     p.add_argument("--keep", action="store_true", help="keep the queues and logs afterwards")
@@ -177,7 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.shapes = [int(s) for s in args.sessions.split(",")]
     args.target_names = [t.strip() for t in args.targets.split(",")]
-    unknown = set(args.target_names) - {"postfix", "smarthost"}
+    unknown = set(args.target_names) - set(TARGETS)
     if unknown:
         p.error(f"unknown target(s): {', '.join(sorted(unknown))}")
     return args
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     workdir = make_shared_dir(args.dir or "/var/tmp", prefix="smarthost-bench-")
-    servers: list[PostfixInstance | SmarthostInstance] = []
+    servers: list[PostfixInstance | SmarthostInstance | ceiling_sink.Sink] = []
     targets: list[Target] = []
     try:
         if "postfix" in args.target_names:
@@ -202,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             smarthost = start_smarthost(workdir, args.workers)
             servers.append(smarthost)
             targets.append(Target("smarthost", smarthost.ports[0], lambda: smarthost.pid, smarthost.queued_count))
+        for name in ("ceiling", "ceiling-nosync"):
+            if name in args.target_names:
+                sink = ceiling_sink.Sink(workdir / name, sync=name == "ceiling", workers=args.workers)
+                servers.append(sink)
+                targets.append(Target(name, sink.port, lambda sink=sink: sink.pid, sink.queued))
         print(f"queues under {workdir}; {', '.join(f'{t.name} on port {t.port}' for t in targets)}")
 
         runs: list[Run] = []

@@ -11,7 +11,10 @@ Targets (``--targets``):
   -c`` (its user database: argon2id hashes);
 - ``smarthost-auxprop`` (not run by default): ``pwcheck_method: auxprop``, the SMTP workers check
   the user database themselves: one argon2id verification (~0.1 s of CPU) per AUTH, no cache;
-- ``smarthost-cyrus`` (not run by default): smarthost against the same Cyrus saslauthd as Postfix.
+- ``smarthost-cyrus`` (not run by default): smarthost against the same Cyrus saslauthd as Postfix;
+- ``ceiling``: ``bench/ceiling_sink.py`` with STARTTLS and AUTH PLAIN (the users checked in
+  memory), canned replies, 250 after one ``fdatasync`` per batch: the most a durable Python server
+  can reach on this machine under this load, to read smarthost's ratio against.
 
 Loopback is not in ``mynetworks``, so every message is relayed because its client
 authenticated. Messages stay queued (Postfix: held on arrival; smarthost: no queue manager), as
@@ -47,6 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+import ceiling_sink
 from common import (
     BENCH_DOMAIN,
     ROOT,
@@ -71,7 +75,7 @@ from peers import (
     tree_cpu_seconds,
 )
 
-TARGETS = ("postfix", "smarthost", "smarthost-auxprop", "smarthost-cyrus")
+TARGETS = ("postfix", "smarthost", "smarthost-auxprop", "smarthost-cyrus", "ceiling")
 SENDER = "submitter@" + BENCH_DOMAIN
 RECIPIENT = "rcpt@remote.example"  # a foreign domain: relayed only because the client authenticated
 QUEUE_SETTLE = 15.0  # seconds to wait for the queue count to reach what was sent
@@ -293,8 +297,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="CLIENTSxMESSAGES_PER_CONNECTION, comma-separated (default 20x10,100x10,20x1,100x1)")
     p.add_argument("--size", type=int, default=4096, help="message size in bytes (default 4096)")
     p.add_argument("--users", type=int, default=10, help="distinct SASL users, client i logs in as user i %% N (default 10)")
-    p.add_argument("--targets", default="postfix,smarthost",
-                   help=f"comma-separated, from {', '.join(TARGETS)} (default postfix,smarthost)")
+    p.add_argument("--targets", default="postfix,smarthost,ceiling",
+                   help=f"comma-separated, from {', '.join(TARGETS)} (default postfix,smarthost,ceiling)")
     p.add_argument("--workers", type=int, help="smtpd_worker_processes for smarthost (default: its own)")
     p.add_argument("--dir", help="parent directory for the queues (default: a fresh one in /var/tmp)")
     p.add_argument("--keep", action="store_true", help="keep the queues and logs afterwards")
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     password = secrets.token_urlsafe(12)
     users = {f"user{i}": password for i in range(args.users)}
     daemons: list[CyrusSaslauthd | SmarthostAuthd] = []
-    servers: list[PostfixInstance | SmarthostInstance] = []
+    servers: list[PostfixInstance | SmarthostInstance | ceiling_sink.Sink] = []
     targets: list[Target] = []
     try:
         client = build_client(workdir)
@@ -333,8 +337,13 @@ def main(argv: list[str] | None = None) -> int:
             authd = SmarthostAuthd(workdir / "authd", users)
             daemons.append(authd)
             authd.start()
+        users_file = write_users_file(workdir, users)
         for name in args.target_names:
-            if name == "postfix":
+            if name == "ceiling":
+                server = ceiling_sink.Sink(workdir / name, workers=args.workers, tls_cert=tls.cert,
+                                           tls_key=tls.key, users=users_file)
+                target = Target(name, server.port, lambda server=server: [server.pid], server.queued)
+            elif name == "postfix":
                 server, target = start_postfix(workdir, tls, cyrus)
             elif name == "smarthost":
                 conf = smtpd_conf("saslauthd", saslauthd_path=str(authd.socket_path))
@@ -351,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"queues under {workdir}; {', '.join(f'{t.name} on port {t.port}' for t in targets)}")
 
         base_spec = {"host": "127.0.0.1", "server_name": "localhost", "cafile": str(tls.ca), "size": args.size,
-                     "sender": SENDER, "recipient": RECIPIENT, "users_file": str(write_users_file(workdir, users))}
+                     "sender": SENDER, "recipient": RECIPIENT, "users_file": str(users_file)}
         for target in targets:  # every user logs in once: the credential caches start warm
             warm = run_client(client, {**base_spec, "port": target.port, "warmup": True})
             if warm["error_count"]:
