@@ -90,6 +90,18 @@ def test_dead_worker_is_restarted(smarthost):
     assert f"process smtpd pid {before[0]} exit status -9; restarting" in s.log_text()
 
 
+def test_every_process_and_thread_runs_under_sched_batch(smarthost):
+    s = smarthost({"smtpd_worker_processes": "2"})
+    workers = _workers(s, 2)
+    with smtplib.SMTP("127.0.0.1", s.ports[0]) as client:  # a worker's committer thread is running now
+        client.sendmail("a@example.org", ["b@example.test"], MSG)
+    tasks = {pid: [int(t) for t in os.listdir(f"/proc/{pid}/task")] for pid in [s.pid, *workers]}
+    assert sum(len(t) for t in tasks.values()) > 3  # the master, two event loops, their committers
+    policies = {tid: os.sched_getscheduler(tid) for tids in tasks.values() for tid in tids}
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+    assert "SCHED_BATCH" not in s.log_text()  # no warning: the policy was granted
+
+
 def test_reload_keeps_sessions_and_applies_new_config(smarthost):
     s = smarthost({"smtpd_banner": "$myhostname ESMTP before"})
     old = Raw(s.ports[0])

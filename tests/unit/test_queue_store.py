@@ -309,6 +309,73 @@ def test_concurrent_sessions_share_commits(store: QueueStore) -> None:
     assert stats.commits <= 16 and stats.largest_batch >= 4
 
 
+# With a gather time far beyond any test's patience, a commit held back by the gathering
+# shows as a hang (asyncio.wait_for's 20 s), not as a slow test.
+LONG_GATHER = 120.0
+
+
+def _commits_of(store: QueueStore, groups: list[int]) -> list[int]:
+    """Submit ``groups[i]`` messages in loop iteration i (one hand-over each), each group once
+    the previous one is queued; the store's commit count after each group."""
+    async def scenario() -> list[int]:
+        counts = []
+        for size in groups:
+            await asyncio.wait_for(asyncio.gather(*(store.submit(ENVELOPE, SMALL) for _ in range(size))), 20)
+            counts.append(store.stats.commits)
+        return counts
+
+    return asyncio.run(scenario())
+
+
+def test_a_lone_message_is_never_held_back_by_the_gathering(queue_dir: Path) -> None:
+    with QueueStore(queue_dir, gather_time=LONG_GATHER) as store:
+        assert _commits_of(store, [1, 1, 1]) == [1, 2, 3]  # each at once, on its own
+
+
+def test_after_a_busy_batch_the_committer_gathers_up_to_eight_messages(queue_dir: Path) -> None:
+    with QueueStore(queue_dir, gather_time=LONG_GATHER) as store:
+        async def scenario() -> tuple[int, int]:
+            await asyncio.gather(store.submit(ENVELOPE, SMALL), store.submit(ENVELOPE, SMALL))
+            busy = store.stats.commits  # one batch of two: the committer expects more
+            first = asyncio.ensure_future(store.submit(ENVELOPE, SMALL))
+            for _ in range(7):  # one hand-over per loop iteration, 10 ms apart
+                await asyncio.sleep(0.01)
+                assert not first.done()  # held for the others
+                asyncio.ensure_future(store.submit(ENVELOPE, SMALL))
+            await asyncio.wait_for(first, 20)  # the eighth message ends the wait
+            return busy, store.stats.commits
+
+        assert asyncio.run(scenario()) == (1, 2)
+        stats = store.stats
+        assert (stats.messages, stats.largest_batch) == (10, 8)
+        assert store.count() == 10
+
+
+def test_gather_time_bounds_the_wait(queue_dir: Path) -> None:
+    with QueueStore(queue_dir, gather_time=0.05) as store:
+        # After the batch of three the next message waits up to 50 ms for company, finds none
+        # and is committed alone; the one after that is not held at all.
+        assert _commits_of(store, [3, 1, 1]) == [1, 2, 3]
+        assert store.stats.largest_batch == 3
+
+
+def test_closing_while_gathering_commits_what_was_gathered(queue_dir: Path) -> None:
+    store = QueueStore(queue_dir, gather_time=LONG_GATHER)
+
+    async def scenario() -> str:
+        await asyncio.gather(store.submit(ENVELOPE, SMALL), store.submit(ENVELOPE, SMALL))
+        held = asyncio.ensure_future(store.submit(ENVELOPE, b"held"))
+        await asyncio.sleep(0.05)  # handed over; the committer is gathering
+        assert not held.done()
+        await asyncio.get_running_loop().run_in_executor(None, store.close)
+        return await asyncio.wait_for(held, 20)
+
+    queue_id = asyncio.run(scenario())
+    with QueueStore(queue_dir) as reopened:
+        assert reopened.read_body(queue_id) == b"held"
+        assert reopened.count() == 3
+
+
 def test_a_failed_commit_fails_every_waiter_and_leaves_nothing(queue_dir: Path) -> None:
     store = QueueStore(queue_dir, large_body_threshold=THRESHOLD, busy_timeout=0.3)
     locker = lock_database(queue_dir)
