@@ -702,10 +702,11 @@ class QueueStore:
         """Wait up to ``gather_time`` for more messages to join ``batch``; True once closing.
 
         Only called under load. On two cores shared with the load generator, waiting up to 2 ms
-        for up to 8 messages took 9–12% off the CPU per message and 3–9% off the wall time of
-        smtp-source runs at 20 sessions (ARCHITECTURE.md, "Performance notes"): fewer commits,
-        so fewer fdatasyncs and fewer wake-ups of the event loops, for a message waiting at
-        most that long more. Before the writers' lock, so another process commits meanwhile.
+        for up to 8 messages took 5–9% off the CPU per message and 2–3% off the wall time of
+        smtp-source runs at 20 sessions, and with ``SCHED_BATCH`` (master.py) 9–12% and 7–9%
+        (ARCHITECTURE.md, "Performance notes"): fewer commits, so fewer fdatasyncs and fewer
+        wake-ups of the event loops, for a message waiting at most that long more. Before the
+        writers' lock, so another process commits meanwhile.
         """
         deadline = time.monotonic() + self._gather_time
         while len(batch) < GATHER_MAX:
