@@ -48,9 +48,12 @@ JOURNAL_SIZE = 256 * 1024 * 1024  # per worker; written round and round
 MAX_LINE = 4096  # a command line longer than this ends the session (bounded, like a real server)
 MAX_DATA = 16 * 1024 * 1024
 
-EHLO_REPLY = b"250-sink.bench.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10240000\r\n"
-EHLO_STARTTLS = b"250-sink.bench.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 SIZE 10240000\r\n"
-EHLO_AUTH = b"250-sink.bench.example\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 SIZE 10240000\r\n"
+
+def _ehlo(extension: bytes) -> bytes:
+    return b"250-sink.bench.example\r\n250-PIPELINING\r\n250-" + extension + b"\r\n250 SIZE 10240000\r\n"
+
+
+EHLO_REPLY, EHLO_STARTTLS, EHLO_AUTH = _ehlo(b"8BITMIME"), _ehlo(b"STARTTLS"), _ehlo(b"AUTH PLAIN")
 OK = b"250 2.0.0 Ok\r\n"
 QUEUED = b"250 2.0.0 Ok: queued\r\n"
 GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -275,8 +278,11 @@ class Sink:
             command += ["--users", str(users)]
         directory.mkdir()
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        self.pid = self.process.pid
         wait_for_port(self.port, alive=lambda: self.process.poll() is None)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def queued(self) -> int:
         return stored(self.dir)
