@@ -338,6 +338,8 @@ class _DomainList:
 
     def matches(self, domain: str) -> bool:
         """May raise TableError from a ``type:table`` entry."""
+        if not self._entries:  # e.g. mydestination or relay_domains left empty: checked per RCPT
+            return False
         domain = _normalize_domain(domain)
         parents = domain_keys(domain)
         for entry in self._entries:
@@ -429,8 +431,11 @@ class Policy:
 
     def check_data(self, facts: ClientFacts, sender: str, recipients: Sequence[str]) -> Decision:
         """DATA: the data list; recipient-based restrictions apply only with exactly one recipient."""
+        rules = self._lists[Stage.DATA]
+        if not rules:  # smtpd_data_restrictions is empty by default: nothing to evaluate
+            return _PERMIT_FELL_THROUGH
         recipient = recipients[0] if len(recipients) == 1 else None
-        return self._evaluate(((Stage.DATA, self._lists[Stage.DATA]),), _Request(facts, sender, recipient))
+        return self._evaluate(((Stage.DATA, rules),), _Request(facts, sender, recipient))
 
     def is_local_domain(self, domain: str) -> bool:
         """Whether mail for ``domain`` is delivered here: mydestination, or an address literal

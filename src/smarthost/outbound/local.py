@@ -197,6 +197,8 @@ class _DomainList:
                 self._exact.add(item.lower().rstrip("."))
 
     def __call__(self, domain: str) -> bool:
+        if not (self._exact or self._suffixes or self._tables):  # none configured: asked per RCPT
+            return False
         domain = domain.lower().rstrip(".")
         if domain in self._exact or any(domain.endswith(s) for s in self._suffixes):
             return True

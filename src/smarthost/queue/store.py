@@ -40,6 +40,7 @@ import enum
 import fcntl
 import json
 import logging
+import operator
 import os
 import queue
 import sqlite3
@@ -191,8 +192,12 @@ _ENVELOPE_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+_ENVELOPE_NAMES = tuple(_ENVELOPE_FIELDS)
+_envelope_values = operator.attrgetter(*_ENVELOPE_NAMES)
+
+
 def _encode_envelope(envelope: Envelope) -> str:
-    return json.dumps({name: getattr(envelope, name) for name in _ENVELOPE_FIELDS})
+    return json.dumps(dict(zip(_ENVELOPE_NAMES, _envelope_values(envelope))))
 
 
 def _decode_envelope(

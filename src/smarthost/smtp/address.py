@@ -112,27 +112,36 @@ def parse_path(
         if allow_null:
             return Address.NULL
         raise AddressError("null path not allowed here")
-    if len(text.encode("utf-8")) > MAX_PATH:
+    ascii_only = text.isascii()
+    size = len if ascii_only else _utf8_length  # the limits count octets
+    if size(text) > MAX_PATH:
         raise AddressError("path too long")
     if allow_postmaster and text.lower() == "<postmaster>":
         return Address(text[1:-1], "", text)
-    match = _PATH_ASCII.fullmatch(text)
-    if match is None:
-        match = _PATH_UTF8.fullmatch(text) if not text.isascii() else None
+    if ascii_only:
+        match = _PATH_ASCII.fullmatch(text)
+        if match is None:
+            raise AddressError("bad path syntax")
+    else:
+        match = _PATH_UTF8.fullmatch(text)
         if match is None:
             raise AddressError("bad path syntax")
         if not smtputf8:
             raise AddressError("non-ASCII address without SMTPUTF8", non_ascii=True)
     local, domain = match.group(1), match.group(2)
-    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+    if size(local) > MAX_LOCAL_PART:
         raise AddressError("local part too long")
-    if len(domain.encode("utf-8")) > MAX_DOMAIN:
+    if size(domain) > MAX_DOMAIN:
         raise AddressError("domain too long")
     if domain.startswith("["):
         _check_literal(domain)
-    elif any(len(label.encode("utf-8")) > MAX_LABEL for label in domain.split(".")):
+    elif size(domain) > MAX_LABEL and any(size(label) > MAX_LABEL for label in domain.split(".")):
         raise AddressError("domain label too long")
     return Address(local, domain, text)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8"))
 
 
 def split_path(argument: str) -> tuple[str, str]:

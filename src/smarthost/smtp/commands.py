@@ -118,7 +118,13 @@ def _xtext_param(keyword: str, value: str | None, limit: int) -> str:
         raise _bad_value(keyword) from None
 
 
+_NO_MAIL_PARAMS = MailParams()  # frozen: one value for every MAIL without parameters
+_NO_RCPT_PARAMS = RcptParams()
+
+
 def _mail_params(rest: str, max_size: int) -> MailParams:
+    if not rest:
+        return _NO_MAIL_PARAMS
     size = body = auth = ret = envid = None
     smtputf8 = False
     for keyword, value in _split_params(rest):
@@ -150,6 +156,8 @@ def _mail_params(rest: str, max_size: int) -> MailParams:
 
 
 def _rcpt_params(rest: str) -> RcptParams:
+    if not rest:
+        return _NO_RCPT_PARAMS
     notify = orcpt = None
     for keyword, value in _split_params(rest):
         if keyword == "NOTIFY":  # RFC 3461 §4.1

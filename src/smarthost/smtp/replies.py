@@ -33,7 +33,8 @@ class Reply:
                 raise ValueError(f"bad enhanced status code {self.enhanced!r} for {self.code}")
             if len(_CHECKED) < 1024:  # the same few pairs come back all the time: check once
                 _CHECKED.add((self.code, self.enhanced))
-        for line in self.lines:
+        text = self.text
+        for line in (text,) if isinstance(text, str) else text:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")
         object.__setattr__(self, "_wire", self._encode())
@@ -52,7 +53,9 @@ class Reply:
 
     def _encode(self) -> bytes:
         prefix = f"{self.enhanced} " if self.enhanced else ""
-        lines = self.lines or ("",)
+        if isinstance(self.text, str):  # the common case: one line
+            return f"{self.code} {prefix}{self.text}\r\n".encode("utf-8")
+        lines = self.text or ("",)
         last = len(lines) - 1
         return "".join(
             f"{self.code}{' ' if i == last else '-'}{prefix}{line}\r\n"
