@@ -425,31 +425,32 @@ class ServerConnection:
         event = self._take_pending()
         if event is None:
             return
-        if isinstance(event, Helo):
-            self.session.helo = event.name
-            self.session.esmtp = event.extended
-            self._reset_transaction()
-            self.state = State.GREETED
-            default = self._ehlo_reply() if event.extended else _plain_reply(250, self.settings.hostname)
-        elif isinstance(event, MailFrom):
+        kind = type(event)  # events are final classes: compared by identity, the common ones first
+        if kind is RcptTo:
+            self.session.recipients.append(event)
+            self.state = State.RCPT
+            default = replies.RECIPIENT_OK
+        elif kind is MailFrom:
             self.session.sender = event.address
             self.session.mail_params = event.params
             self.state = State.MAIL
             default = replies.SENDER_OK
-        elif isinstance(event, RcptTo):
-            self.session.recipients.append(event)
-            self.state = State.RCPT
-            default = replies.RECIPIENT_OK
-        elif isinstance(event, DataCommand):
+        elif kind is DataCommand:
             self._framer = DataFramer(self.settings.max_message_size, memoryview(self._buf)[self._pos :])
             self._buf = bytearray()
             self._pos = 0
             self.state = State.DATA
             default = replies.START_DATA
-        elif isinstance(event, MessageReceived):
+        elif kind is MessageReceived:
             self._reset_transaction()
             self.state = State.GREETED
             default = replies.OK
+        elif kind is Helo:
+            self.session.helo = event.name
+            self.session.esmtp = event.extended
+            self._reset_transaction()
+            self.state = State.GREETED
+            default = self._ehlo_reply() if event.extended else _plain_reply(250, self.settings.hostname)
         else:
             default = replies.CANNOT_VRFY
         self._decided(reply or default)
