@@ -1,4 +1,4 @@
-"""CPU of one SMTP session in the server's Python code, without sockets or the kernel.
+"""CPU of SMTP sessions in the server's Python code, without sockets or the kernel.
 
 Drives :class:`smarthost.inbound.server.Session` with a fake transport through a whole session
 (greeting, EHLO, MAIL, RCPT, DATA with a 4 KB body, QUIT) and reports the main thread's CPU
@@ -6,20 +6,30 @@ per session, excluding the wait for the queue commit. The queue is a real store 
 directory (fsync off: the committer thread is not what this measures). Use it to see what a
 change to the SMTP core or the shell costs; whole-system numbers come from ``accept.py``.
 
+``--submission`` measures the shape of ``auth.py`` instead: one session that said EHLO over
+(implicit) TLS and authenticated with AUTH PLAIN (the password check answered in-process: the
+auth daemon's round trip is not measured), then messages as ``bench/authload.c`` sends them
+(MAIL, RCPT and DATA in one write, then the 4 KB body), each through the restrictions, the Received
+header, the store's preparation and the commit's callback (called directly), per message.
+
     .venv/bin/python bench/session_cpu.py [--sessions 3000] [--profile]
+    .venv/bin/python bench/session_cpu.py --submission [--messages 5000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import cProfile
 import pstats
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from smarthost.authd.client import AuthResult, AuthStatus
 from smarthost.config import load
 from smarthost.inbound.limits import ClientCounts
 from smarthost.inbound.server import Session, Worker
@@ -86,11 +96,91 @@ async def run(directory: Path, sessions: int) -> float:
     return cpu / sessions
 
 
+class FakeTLSObject:
+    def cipher(self):
+        return ("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256)
+
+    def version(self) -> str:
+        return "TLSv1.3"
+
+    def getpeercert(self, binary_form: bool = False):
+        return None
+
+
+class FakeTLSTransport(FakeTransport):
+    def get_extra_info(self, key: str, default=None):
+        return FakeTLSObject() if key == "ssl_object" else super().get_extra_info(key, default)
+
+
+SUBMISSION_COMMANDS = b"MAIL FROM:<submitter@example.test>\r\nRCPT TO:<rcpt@remote.example>\r\nDATA\r\n"
+SUBMISSION_BODY = b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * 52 + b".\r\n"
+
+
+async def run_submission(directory: Path, messages: int) -> float:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=bench", "-days", "1", "-keyout", f"{directory}/key.pem", "-out", f"{directory}/cert.pem"],
+                   check=True, capture_output=True)
+    (directory / "main.cf").write_text(
+        "myhostname = smarthost.bench.example\nmydestination =\nmynetworks = 192.0.2.0/24\n"
+        f"queue_directory = {directory}/queue\nmaillog_file = {directory}/maillog\n"
+        f"smtpd_tls_cert_file = {directory}/cert.pem\nsmtpd_tls_key_file = {directory}/key.pem\n"
+        "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_security_options = noanonymous\n"
+        "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination\n"
+    )
+    (directory / "master.cf").write_text("127.0.0.1:2999 inet n - n - - smtpd\n  -o smtpd_tls_wrappermode=yes\n")
+    (directory / "sasl").mkdir()
+    (directory / "sasl" / "smtpd.conf").write_text(
+        f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {directory}/mux\n")
+    listener = build_runtime(load(directory)).bindings[0][0]
+
+    async def password_ok(*_args) -> AuthResult:
+        return AuthResult(AuthStatus.OK)
+
+    listener.passwords.check_password = password_ok
+    store = QueueStore(directory / "queue", synchronous=False)
+    loop = asyncio.get_running_loop()
+    maillog = MailLog(str(directory / "maillog"))
+    maillog.attach(loop)
+    worker = Worker(store, maillog, loop, ClientCounts().bind(0))
+    worker.wake_queue_manager = lambda: None
+    prepare = store._prepare
+    committed = []
+
+    def submit(envelope, body, done, *, queue_id=None):
+        prepare(envelope, body, queue_id)  # the rows, as for a real commit
+        committed.append((done, queue_id))
+        return queue_id
+
+    store.submit_nowait = submit
+    try:
+        session = Session(worker, listener)
+        session.connection_made(FakeTLSTransport())
+        session.data_received(b"EHLO client.example\r\n")
+        session.data_received(b"AUTH PLAIN " + base64.b64encode(b"\0user@example.test\0secret") + b"\r\n")
+        while session._busy:
+            await asyncio.sleep(0)
+        assert session.facts.sasl_username, "AUTH did not succeed"
+        start = time.thread_time()
+        for i in range(messages):
+            session.data_received(SUBMISSION_COMMANDS)
+            session.data_received(SUBMISSION_BODY)
+            done, queue_id = committed.pop()
+            done(queue_id, None)
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # the mail log's write, once per loop iteration as in a worker
+        return (time.thread_time() - start) / messages
+    finally:
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print the top functions by own time")
+    parser.add_argument("--submission", action="store_true",
+                        help="an authenticated session's messages, as auth.py sends them (CPU per message)")
+    parser.add_argument("--messages", type=int, default=5000, help="messages per run with --submission")
     args = parser.parse_args()
     results = []
     for _ in range(args.runs):
@@ -98,11 +188,15 @@ def main() -> None:
             profiler = cProfile.Profile() if args.profile else None
             if profiler:
                 profiler.enable()
-            results.append(asyncio.run(run(Path(tmp), args.sessions)))
+            if args.submission:
+                results.append(asyncio.run(run_submission(Path(tmp), args.messages)))
+            else:
+                results.append(asyncio.run(run(Path(tmp), args.sessions)))
             if profiler:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
-    print(f"main-thread CPU per session: median {statistics.median(results) * 1e6:.1f} us "
+    what = "message" if args.submission else "session"
+    print(f"main-thread CPU per {what}: min {min(results) * 1e6:.1f} us, median {statistics.median(results) * 1e6:.1f} us "
           f"(runs: {', '.join(f'{r * 1e6:.1f}' for r in results)})")
 
 
