@@ -115,6 +115,11 @@ def test_utf8_needs_smtputf8():
 def test_utf8_length_counts_octets():
     with pytest.raises(AddressError, match="local part"):
         parse_path(f"<{'ö' * 33}@example.com>", smtputf8=True)
+    # 32 characters but 64 octets: one label too long (RFC 1035 §2.3.4), though the whole
+    # domain has fewer than 63 characters.
+    with pytest.raises(AddressError, match="label"):
+        parse_path(f"<a@{'ü' * 32}.example>", smtputf8=True)
+    parse_path(f"<a@{'ü' * 31}.example>", smtputf8=True)
 
 
 def test_utf8_syntax_errors_are_not_reported_as_missing_smtputf8():
