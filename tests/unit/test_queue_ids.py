@@ -9,6 +9,8 @@ def test_ids_carry_their_time_across_the_cached_prefix(monkeypatch):
     # The leading 7 of the 9 time characters change every 62**2 µs and are kept between ids;
     # ids made on both sides of such a change must still carry their own microsecond.
     base = 1_765_000_000_000_000 // 3844 * 3844  # a multiple of 62**2 µs, in 2025
+    monkeypatch.setattr(ids, "_last_us", 0)  # ids made earlier in this process carry a later time
+    monkeypatch.setattr(ids, "_seq", 0)
     made = []
     for us in (base - 2, base - 1, base, base + 1, base + 3844, base + 3 * 3844 + 17):
         monkeypatch.setattr(ids.time, "time_ns", lambda us=us: us * 1000)

@@ -636,13 +636,14 @@ class Session(asyncio.Protocol):
         """Hand the message to the store; the reply leaves from :meth:`_queued` once it is durable."""
         queue_id = new_queue_id()
         params = self.mail_params
+        proto = self._proto()
         envelope = Envelope(
             sender=self.sender,
             recipients=tuple(self.recipients),
             client_address=self.address,
-            client_name=self.label.split("[", 1)[0],
+            client_name=self.facts.name,
             helo=self.facts.helo,
-            protocol=self._proto(),
+            protocol=proto,
             sasl_username=self.facts.sasl_username,
             body_type=getattr(params, "body", None),
             smtputf8=bool(getattr(params, "smtputf8", False)),
@@ -650,7 +651,7 @@ class Session(asyncio.Protocol):
             ret=getattr(params, "ret", None),
             auth=self._auth_parameter(params),
         )
-        body = self._received_header(queue_id) + data
+        body = self._received_header(queue_id, proto) + data
         self._size = len(body)
         try:
             self.worker.store.submit_nowait(envelope, body, self._queued, queue_id=queue_id)
@@ -747,7 +748,7 @@ class Session(asyncio.Protocol):
             proto += "A"
         return proto
 
-    def _received_header(self, queue_id: str) -> bytes:
+    def _received_header(self, queue_id: str, proto: str) -> bytes:
         """The trace header (RFC 5321 §4.4), with TLS facts when ``smtpd_tls_received_header``."""
         listener = self.listener
         lines = [f"Received: from {self.facts.helo or 'unknown'} ({self.label.replace('[', ' [', 1)})"]
@@ -755,7 +756,7 @@ class Session(asyncio.Protocol):
             lines.append(f"\t(using {self.tls.describe()})")
         if self.facts.sasl_username and listener.auth is not None and listener.auth.authenticated_header:
             lines.append(f"\t(Authenticated sender: {self.facts.sasl_username})")
-        by = f"\tby {listener.myhostname} (smarthost) with {self._proto()} id {queue_id}"
+        by = f"\tby {listener.myhostname} (smarthost) with {proto} id {queue_id}"
         if len(self.recipients) == 1:
             lines.append(by)
             lines.append(f"\tfor <{self.recipients[0].address}>; {_rfc5322_date()}")
