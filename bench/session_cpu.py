@@ -6,7 +6,7 @@ per session, excluding the wait for the queue commit. The queue is a real store 
 directory (fsync off: the committer thread is not what this measures). Use it to see what a
 change to the SMTP core or the shell costs; whole-system numbers come from ``accept.py``.
 
-``--submission`` measures the shape of ``auth.py`` instead: one session that said EHLO over
+``--submission`` measures the shape of ``auth.py`` instead, with its configuration: one session that said EHLO over
 (implicit) TLS and authenticated with AUTH PLAIN (the password check answered in-process: the
 auth daemon's round trip is not measured), then messages as ``bench/authload.c`` sends them
 (MAIL, RCPT and DATA in one write, then the 4 KB body), each through the restrictions, the Received
@@ -24,10 +24,13 @@ import base64
 import cProfile
 import pstats
 import statistics
-import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from auth import smtpd_conf
+from common import make_tls_files, smarthost_auth_server
 
 from smarthost.authd.client import AuthResult, AuthStatus
 from smarthost.config import load
@@ -117,29 +120,19 @@ SUBMISSION_BODY = b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * 52 + b".\r\n"
 
 
 async def run_submission(directory: Path, messages: int) -> float:
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", "/CN=bench", "-days", "1", "-keyout", f"{directory}/key.pem", "-out", f"{directory}/cert.pem"],
-                   check=True, capture_output=True)
-    (directory / "main.cf").write_text(
-        "myhostname = smarthost.bench.example\nmydestination =\nmynetworks = 192.0.2.0/24\n"
-        f"queue_directory = {directory}/queue\nmaillog_file = {directory}/maillog\n"
-        f"smtpd_tls_cert_file = {directory}/cert.pem\nsmtpd_tls_key_file = {directory}/key.pem\n"
-        "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_security_options = noanonymous\n"
-        "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination\n"
-    )
-    (directory / "master.cf").write_text("127.0.0.1:2999 inet n - n - - smtpd\n  -o smtpd_tls_wrappermode=yes\n")
-    (directory / "sasl").mkdir()
-    (directory / "sasl" / "smtpd.conf").write_text(
-        f"pwcheck_method: saslauthd\nmech_list: PLAIN LOGIN\nsaslauthd_path: {directory}/mux\n")
-    listener = build_runtime(load(directory)).bindings[0][0]
+    # auth.py's own smarthost configuration; the listener is told TLS is up from the start
+    # (implicit TLS), as the fake transport cannot do a STARTTLS handshake.
+    instance = smarthost_auth_server(directory / "smarthost", make_tls_files(directory / "tls"),
+                                     smtpd_conf("saslauthd", saslauthd_path=str(directory / "mux")), {})
+    listener = replace(build_runtime(load(instance.config_dir)).bindings[0][0], wrappermode=True)
 
     async def password_ok(*_args) -> AuthResult:
         return AuthResult(AuthStatus.OK)
 
     listener.passwords.check_password = password_ok
-    store = QueueStore(directory / "queue", synchronous=False)
+    store = QueueStore(instance.queue_dir, synchronous=False)
     loop = asyncio.get_running_loop()
-    maillog = MailLog(str(directory / "maillog"))
+    maillog = MailLog(str(instance.maillog))
     maillog.attach(loop)
     worker = Worker(store, maillog, loop, ClientCounts().bind(0))
     worker.wake_queue_manager = lambda: None

@@ -33,8 +33,7 @@ class Reply:
                 raise ValueError(f"bad enhanced status code {self.enhanced!r} for {self.code}")
             if len(_CHECKED) < 1024:  # the same few pairs come back all the time: check once
                 _CHECKED.add((self.code, self.enhanced))
-        text = self.text
-        for line in (text,) if isinstance(text, str) else text:
+        for line in self.lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")
         object.__setattr__(self, "_wire", self._encode())
