@@ -1,5 +1,7 @@
 """DATA framing (RFC 5321 §4.1.1.4, §4.5.2): end marker, transparency, bare line endings, size."""
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -109,6 +111,16 @@ pieces = st.lists(st.one_of(st.binary(max_size=6), endings, st.just(b".")), max_
 def test_normalized_output_never_has_bare_cr_or_lf(parts):
     raw = b"".join(parts) + b"\r\n"
     assert not has_bare_newline(unstuff(raw))
+
+
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")  # the definition: a CR or LF outside a CRLF pair
+
+
+@given(pieces)
+def test_bare_newline_means_a_cr_or_lf_outside_a_crlf_pair(parts):
+    raw = b"".join(parts)
+    assert has_bare_newline(raw) == bool(_BARE.search(raw))
+    assert has_bare_newline(b"a\rb\n") and has_bare_newline(b"\n\r") and not has_bare_newline(b"a\r\n\r\n")
 
 
 @given(pieces, st.integers(min_value=1, max_value=9))

@@ -169,6 +169,22 @@ def test_any_envelope_and_body_round_trip(tmp_path: Path) -> None:
         check()
 
 
+def test_envelopes_differing_in_one_fact_keep_their_own_and_memory_stays_bounded(tmp_path: Path) -> None:
+    # The store remembers the JSON of the envelope facts it saw last (they repeat within a
+    # session); more distinct ones than it keeps must neither mix up nor grow it without bound.
+    from smarthost.queue import store as store_module
+
+    count = store_module._ENCODED_MAX + 40
+    with QueueStore(tmp_path / "q", synchronous=False) as store:
+        queued = [store.submit_sync(dataclasses.replace(ENVELOPE, helo=f"h{i}.example"), b"x") for i in range(count)]
+        queued.append(store.submit_sync(dataclasses.replace(ENVELOPE, helo="h3.example", sasl_username="u"), b"x"))
+        assert len(store_module._encoded) <= store_module._ENCODED_MAX
+        for i, queue_id in enumerate(queued[:-1]):
+            expected = dataclasses.replace(ENVELOPE, helo=f"h{i}.example")
+            assert dataclasses.replace(store.get(queue_id).envelope, arrival=None) == expected
+        assert store.get(queued[-1]).envelope.sasl_username == "u"
+
+
 def test_caller_may_bring_its_own_queue_id(store: QueueStore, queue_dir: Path) -> None:
     early = new_queue_id()  # e.g. for the Received header's "id" clause
     assert asyncio.run(store.submit(ENVELOPE, LARGE, queue_id=early)) == early
