@@ -174,11 +174,12 @@ def test_envelopes_differing_in_one_fact_keep_their_own_and_memory_stays_bounded
     # session); more distinct ones than it keeps must neither mix up nor grow it without bound.
     from smarthost.queue import store as store_module
 
-    count = store_module._ENCODED_MAX + 40
+    bound = store_module._encode_values.cache_info().maxsize
+    count = bound + 40
     with QueueStore(tmp_path / "q", synchronous=False) as store:
         queued = [store.submit_sync(dataclasses.replace(ENVELOPE, helo=f"h{i}.example"), b"x") for i in range(count)]
         queued.append(store.submit_sync(dataclasses.replace(ENVELOPE, helo="h3.example", sasl_username="u"), b"x"))
-        assert len(store_module._encoded) <= store_module._ENCODED_MAX
+        assert store_module._encode_values.cache_info().currsize <= bound
         for i, queue_id in enumerate(queued[:-1]):
             expected = dataclasses.replace(ENVELOPE, helo=f"h{i}.example")
             assert dataclasses.replace(store.get(queue_id).envelope, arrival=None) == expected

@@ -118,16 +118,11 @@ def parse_path(
         raise AddressError("path too long")
     if allow_postmaster and text.lower() == "<postmaster>":
         return Address(text[1:-1], "", text)
-    if ascii_only:
-        match = _PATH_ASCII.fullmatch(text)
-        if match is None:
-            raise AddressError("bad path syntax")
-    else:
-        match = _PATH_UTF8.fullmatch(text)
-        if match is None:
-            raise AddressError("bad path syntax")
-        if not smtputf8:
-            raise AddressError("non-ASCII address without SMTPUTF8", non_ascii=True)
+    match = (_PATH_ASCII if ascii_only else _PATH_UTF8).fullmatch(text)
+    if match is None:
+        raise AddressError("bad path syntax")
+    if not ascii_only and not smtputf8:
+        raise AddressError("non-ASCII address without SMTPUTF8", non_ascii=True)
     local, domain = match.group(1), match.group(2)
     if size(local) > MAX_LOCAL_PART:
         raise AddressError("local part too long")
